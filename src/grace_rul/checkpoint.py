@@ -1,0 +1,105 @@
+"""Atomic file writes and checkpoint loading.
+
+Every write goes to a temporary file in the target's directory, is flushed and fsync'ed, then
+``os.replace``d over the target: a crash or error leaves either the old file or the new one,
+never a half-written one, and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from grace_rul.errors import GraceError
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    # os.open with 0o666 lets the umask decide the final permissions, like a plain open().
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically; returns the path."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj, path)``, atomically; returns the path."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint dict onto the CPU; a missing or unreadable file is a ``GraceError``.
+
+    When the file is not ``best.pt`` and a ``best.pt`` sits beside it, the message offers it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise GraceError(f"checkpoint {path} is missing{_offer_best(path)}")
+    if path.is_dir():
+        raise GraceError(f"checkpoint {path} is a directory, not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch.load raises many types for damaged files
+        lines = str(err).strip().splitlines()
+        reason = lines[0] if lines else type(err).__name__
+        raise GraceError(
+            f"checkpoint {path} is corrupt or truncated: {reason}{_offer_best(path)}"
+        ) from err
+    if not isinstance(obj, dict):
+        raise GraceError(
+            f"checkpoint {path} is not a GRACE checkpoint (holds a {type(obj).__name__}, "
+            f"expected a dict){_offer_best(path)}"
+        )
+    return obj
+
+
+def _offer_best(path: Path) -> str:
+    best = path.with_name("best.pt")
+    if path.name != best.name and best.is_file():
+        return f"; {best} exists and can be used instead"
+    return ""
