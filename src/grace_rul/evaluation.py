@@ -1,0 +1,89 @@
+"""Scoring a trained network: split metrics, test predictions and saved checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from grace_rul.checkpoint import load_checkpoint
+from grace_rul.config import Config, config_from_dict
+from grace_rul.data import (
+    Normalizer,
+    Split,
+    add_labels,
+    make_windows,
+    read_cmapss,
+    resolve_normalization,
+)
+from grace_rul.errors import GraceError
+from grace_rul.metrics import evaluate_predictions
+from grace_rul.model import DualTaskNet, build_model, predict
+
+
+def score_split(model: nn.Module, split: Split) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Metrics of ``model`` on ``split`` plus the RUL predictions and predicted health classes."""
+    rul, logits = predict(model, split.x)
+    rul_np, health_np = rul.numpy(), logits.argmax(dim=1).numpy()
+    metrics = evaluate_predictions(rul_np, split.rul.numpy(), health_np, split.health.numpy())
+    return metrics, rul_np, health_np
+
+
+def test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Rename a split's metrics to the test-set names of ``metrics.json``."""
+    out = dict(metrics)
+    out["rmse_last"] = out.pop("rmse")
+    return out
+
+
+def test_split(
+    dataset: str, cfg: Config, normalizer: Normalizer, data_dir: str | None = None
+) -> Split:
+    """Last window of every test unit of ``dataset``, scaled with a fitted ``normalizer``."""
+    raw = read_cmapss(dataset, data_dir)
+    d = cfg.data
+    frame = add_labels(raw.test, d.max_rul, d.critical_rul, d.degrading_rul, final_rul=raw.test_rul)
+    return make_windows(normalizer.transform(frame), frame, d.window, last_only=True)
+
+
+def load_inference_model(
+    checkpoint: dict[str, Any], device: str = "cpu"
+) -> tuple[DualTaskNet, Config]:
+    """The network of a checkpoint with its inference (EMA) weights loaded, in eval mode."""
+    cfg = config_from_dict(checkpoint["config"])
+    model = build_model(
+        cfg.model, n_features=len(checkpoint["feature_names"]), max_rul=cfg.data.max_rul
+    )
+    model.load_state_dict(checkpoint["inference"])
+    return model.to(device).eval(), cfg
+
+
+def evaluate_checkpoint(
+    path: str | Path, dataset: str | None = None, data_dir: str | None = None
+) -> dict[str, Any]:
+    """Test metrics of a saved checkpoint on its own subset (default) or another one.
+
+    Uses the normalisation statistics stored in the checkpoint, never refitted.
+    """
+    ckpt = load_checkpoint(path)
+    for key in ("config", "inference", "normalizer", "feature_names"):
+        if key not in ckpt:
+            raise GraceError(f"checkpoint {path} has no '{key}' entry (not a GRACE checkpoint?)")
+    model, cfg = load_inference_model(ckpt)
+    name = (dataset or cfg.data.dataset).upper()
+    normalizer = Normalizer.from_dict(ckpt["normalizer"])
+    needed = resolve_normalization(cfg.data.normalization, name)
+    if needed != normalizer.mode:
+        raise GraceError(
+            f"checkpoint was normalised with '{normalizer.mode}' statistics of {cfg.data.dataset}; "
+            f"{name} needs '{needed}' normalisation"
+        )
+    split = test_split(
+        name, cfg, normalizer, data_dir if data_dir is not None else cfg.data.data_dir
+    )
+    with torch.no_grad():
+        metrics, _, _ = score_split(model, split)
+    return {"dataset": name, "checkpoint": str(path), "test": test_metrics(metrics)}
