@@ -1,0 +1,164 @@
+"""The ``grace sweep`` and ``grace table`` subcommands (wired into ``grace_rul.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Any
+
+DEFAULT_SEEDS = [42, 123, 456, 789, 1024]  # SPEC §5 seeds; §6: mean ± std over 5
+DEFAULT_BALANCERS = ["equal", "gaba"]
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``grace sweep``: train a datasets x balancers x seeds grid and tabulate it."""
+    from grace_rul.config import DATASETS, PRESETS, PROTOCOLS
+    from grace_rul.experiments.executors import EXECUTORS
+
+    p = subparsers.add_parser(
+        "sweep",
+        help="train a grid of datasets x balancers x seeds and tabulate it",
+        description="Train every cell of datasets x balancers x seeds into OUT/runs/ (one run "
+        "directory per cell), then write OUT/results.csv, summary.md and summary.csv. Re-running "
+        "the same command skips finished cells, resumes interrupted ones and re-runs corrupt ones; "
+        "a failing cell is retried once, then recorded in OUT/failures.json.",
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        type=str.upper,
+        choices=DATASETS,
+        default=list(DATASETS),
+        metavar="FD00X",
+        help="C-MAPSS subsets (default: all four)",
+    )
+    p.add_argument(
+        "--balancers",
+        nargs="+",
+        default=DEFAULT_BALANCERS,
+        metavar="NAME",
+        help="loss balancers (default: equal gaba)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=DEFAULT_SEEDS,
+        metavar="SEED",
+        help=f"seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})",
+    )
+    p.add_argument("--preset", choices=list(PRESETS), help="model/training preset (default paper)")
+    p.add_argument("--config", help="YAML file with config overrides shared by every cell")
+    p.add_argument("--epochs", type=int, help="epochs per cell (default: the preset's)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="val: select on validation units (default); paper: select on test (optimistic)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: a pool of worker processes (default); ray: Ray tasks",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local pool size; each cell gets cpu_count // workers torch threads",
+    )
+    p.add_argument("--threads", type=int, help="torch threads per cell (overrides the division)")
+    p.add_argument(
+        "--ray-address", help="address of a running Ray cluster (default: start a local one)"
+    )
+    p.add_argument("--cpus-per-task", type=float, default=1, help="Ray: CPUs per cell (default 1)")
+    p.add_argument("--gpus-per-task", type=float, default=0, help="Ray: GPUs per cell (default 0)")
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="add datasets/balancers/seeds to an existing sweep directory",
+    )
+    p.add_argument("--out", required=True, help="sweep directory (created or continued)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or event lines")
+    p.set_defaults(func=cmd_sweep)
+    return p
+
+
+def _deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run the sweep; exit 0 when every cell finished, 1 when some failed."""
+    from grace_rul.config import load_yaml
+    from grace_rul.experiments.sweep import run_sweep
+
+    overrides = load_yaml(args.config) if args.config else {}
+    preset = args.preset or overrides.pop("preset", None)
+    overrides.pop("preset", None)
+    flags = {"train": {"epochs": args.epochs, "protocol": args.protocol, "threads": args.threads}}
+    overrides = _deep_update(overrides, flags)
+    result = run_sweep(
+        args.out,
+        args.datasets,
+        args.balancers,
+        args.seeds,
+        preset=preset,
+        overrides=overrides,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        extend=args.extend,
+        progress=not args.quiet,
+        cpus_per_task=args.cpus_per_task,
+        gpus_per_task=args.gpus_per_task,
+    )
+    assert result.summary is not None
+    print(result.summary.to_markdown())
+    print(
+        f"results: {result.sweep_dir / 'results.csv'}  summary: {result.sweep_dir / 'summary.md'}"
+    )
+    if result.failed:
+        print(
+            f"{len(result.failed)} cell(s) failed (see {result.sweep_dir / 'failures.json'}): "
+            + ", ".join(result.failed),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``grace table``: print a sweep's summary table."""
+    from grace_rul.experiments.tables import FORMATS
+
+    p = subparsers.add_parser(
+        "table",
+        help="print a sweep's balancers x subsets summary (markdown, LaTeX or CSV)",
+        description="Summarise a sweep directory: mean ± sample std over seeds of test RMSE and "
+        "NASA score, rows = balancers, columns = subsets, best per subset in bold.",
+    )
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a directory written by grace sweep")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="markdown",
+        dest="fmt",
+        help="output format (default markdown)",
+    )
+    p.set_defaults(func=cmd_table)
+    return p
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from grace_rul.experiments.tables import format_table
+
+    sys.stdout.write(format_table(args.sweep_dir, args.fmt))
+    return 0

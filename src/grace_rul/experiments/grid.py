@@ -1,0 +1,227 @@
+"""The sweep grid (``sweep.yaml``), its cells, and what state each cell's run dir is in.
+
+A sweep directory holds::
+
+    sweep.yaml       the grid: datasets, balancers, seeds, preset, overrides, protocol
+    runs/{dataset}-{balancer}-s{seed}/   one ordinary run dir per cell (see the trainer)
+    failures.json    cells that failed twice, with their error
+    sweep.log        what each invocation did (skipped, resumed, wiped, failed)
+    results.csv, summary.md, summary.csv   the tables (grace_rul.experiments.tables)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grace_rul.checkpoint import atomic_write_json, atomic_write_text
+from grace_rul.errors import GraceError
+
+GRID_FILE = "sweep.yaml"
+FAILURES_FILE = "failures.json"
+LOG_FILE = "sweep.log"
+RUNS_DIR = "runs"
+AXES = ("datasets", "balancers", "seeds")
+PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: a dataset, a balancer and a seed."""
+
+    dataset: str
+    balancer: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.balancer}-s{self.seed}"
+
+
+@dataclass
+class Grid:
+    """What a sweep directory trains: the three axes plus the settings shared by all cells."""
+
+    datasets: list[str]
+    balancers: list[str]
+    seeds: list[int]
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "val"
+
+    def cells(self) -> list[Cell]:
+        return [Cell(d, b, s) for d in self.datasets for b in self.balancers for s in self.seeds]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Grid:
+        try:
+            return cls(
+                datasets=[str(x) for x in d["datasets"]],
+                balancers=[str(x) for x in d["balancers"]],
+                seeds=[int(x) for x in d["seeds"]],
+                preset=str(d["preset"]),
+                overrides=dict(d.get("overrides") or {}),
+                protocol=str(d.get("protocol", "val")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GraceError(
+                f"{GRID_FILE} is not a valid sweep grid ({type(exc).__name__}: {exc})"
+            ) from None
+
+    def differences(self, other: Grid) -> dict[str, str]:
+        """What differs from ``other`` (the grid on disk): field name -> human-readable text."""
+        out: dict[str, str] = {}
+        for axis in AXES:
+            mine, theirs = getattr(self, axis), getattr(other, axis)
+            if set(mine) != set(theirs):
+                added = [x for x in mine if x not in theirs]
+                missing = [x for x in theirs if x not in mine]
+                parts = [f"new: {_show(added)}"] if added else []
+                if missing:
+                    parts.append(f"not requested: {_show(missing)}")
+                out[axis] = (
+                    f"{axis} {_show(mine)} vs {_show(theirs)} in {GRID_FILE} ({'; '.join(parts)})"
+                )
+        for key in ("preset", "protocol", "overrides"):
+            if getattr(self, key) != getattr(other, key):
+                out[key] = f"{key} {getattr(self, key)!r} vs {getattr(other, key)!r} in {GRID_FILE}"
+        return out
+
+    def union(self, other: Grid) -> Grid:
+        """The grid with ``other``'s axis values first, then this one's new values."""
+        merged = {
+            a: list(getattr(other, a)) + [x for x in getattr(self, a) if x not in getattr(other, a)]
+            for a in AXES
+        }
+        return Grid(**merged, preset=self.preset, overrides=self.overrides, protocol=self.protocol)
+
+
+def _show(values: list[Any]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+def read_grid(sweep_dir: str | Path) -> Grid:
+    """The grid recorded in ``sweep_dir/sweep.yaml``; a missing or broken file is a GraceError."""
+    path = Path(sweep_dir) / GRID_FILE
+    if not path.is_file():
+        raise GraceError(f"{sweep_dir} is not a sweep directory ({GRID_FILE} not found)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GraceError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise GraceError(f"{path} must hold a mapping")
+    return Grid.from_dict(data)
+
+
+def write_grid(sweep_dir: str | Path, grid: Grid) -> None:
+    atomic_write_text(Path(sweep_dir) / GRID_FILE, yaml.safe_dump(grid.to_dict(), sort_keys=False))
+
+
+def cell_dir(sweep_dir: str | Path, cell: Cell) -> Path:
+    return Path(sweep_dir) / RUNS_DIR / cell.name
+
+
+# ---- the state of one cell's run directory
+
+DONE, MISSING, INTERRUPTED, CORRUPT, INCOMPLETE = (
+    "done",
+    "missing",
+    "interrupted",
+    "corrupt",
+    "incomplete",
+)
+
+
+@dataclass
+class CellState:
+    """What is in a cell's run dir: ``status`` (one of the constants above) and why."""
+
+    status: str
+    reason: str = ""
+    metrics: dict[str, Any] | None = None
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A finished run's metrics.json; ValueError if unreadable or without test.rmse_last."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"unreadable metrics.json ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("test"), dict):
+        raise ValueError("metrics.json has no 'test' section")
+    if not isinstance(data["test"].get("rmse_last"), (int, float)):
+        raise ValueError("metrics.json has no test.rmse_last")
+    return data
+
+
+def inspect_cell(path: Path, *, check_checkpoint: bool = True) -> CellState:
+    """Classify a cell's run dir.
+
+    ``done``: metrics.json valid (with test.rmse_last). ``missing``: no dir or an empty one.
+    ``interrupted``: no metrics.json, a loadable checkpoints/last.pt and a config.yaml -> resume.
+    ``corrupt``: metrics.json, last.pt or config.yaml unreadable -> wipe and re-run.
+    ``incomplete``: files but no metrics.json and no last.pt (killed in its first epoch) -> wipe.
+    With ``check_checkpoint=False`` last.pt is only tested for existence (cheap; for tables).
+    """
+    if path.exists() and not path.is_dir():
+        return CellState(CORRUPT, f"{path.name} is a file, not a run directory")
+    if not path.is_dir() or not any(path.iterdir()):
+        return CellState(MISSING)
+    metrics = path / "metrics.json"
+    if metrics.exists():
+        try:
+            return CellState(DONE, metrics=read_metrics(metrics))
+        except ValueError as exc:
+            return CellState(CORRUPT, str(exc))
+    last = path / "checkpoints" / "last.pt"
+    if not last.exists():
+        return CellState(INCOMPLETE, "no metrics.json and no checkpoints/last.pt")
+    if not check_checkpoint:
+        return CellState(INTERRUPTED, "checkpoints/last.pt present")
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict) or "train" not in saved:
+        # The trainer needs config.yaml to resume.
+        return CellState(CORRUPT, "config.yaml missing or unreadable")
+    from grace_rul.checkpoint import load_checkpoint  # torch: only when there is a checkpoint
+
+    try:
+        state = load_checkpoint(last)
+    except GraceError as exc:
+        return CellState(CORRUPT, f"unreadable checkpoints/last.pt ({exc})")
+    if "epoch" not in state:
+        return CellState(CORRUPT, "checkpoints/last.pt is not a resumable checkpoint")
+    return CellState(INTERRUPTED, f"checkpoints/last.pt at epoch {int(state['epoch']) + 1}")
+
+
+# ---- failures.json: cells that failed twice in the latest attempt
+
+
+def read_failures(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
+    path = Path(sweep_dir) / FAILURES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_failures(sweep_dir: str | Path, failures: dict[str, dict[str, Any]]) -> None:
+    path = Path(sweep_dir) / FAILURES_FILE
+    if failures:
+        atomic_write_json(path, failures)
+    elif path.exists():
+        os.remove(path)

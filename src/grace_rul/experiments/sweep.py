@@ -1,0 +1,416 @@
+"""Grids of runs: datasets x balancers x seeds, each cell an ordinary run directory.
+
+``run_sweep`` is idempotent: re-running the same command skips finished cells,
+resumes interrupted ones from ``checkpoints/last.pt``, wipes and re-runs cells whose
+files are unreadable, retries a failing cell once and then records it in
+``failures.json`` while the other cells finish. It ends by writing the tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from grace_rul.config import resolve_config
+from grace_rul.errors import GraceError
+from grace_rul.experiments.executors import make_executor, threads_per_cell
+from grace_rul.experiments.grid import (
+    AXES,
+    CORRUPT,
+    DONE,
+    GRID_FILE,
+    INCOMPLETE,
+    INTERRUPTED,
+    LOG_FILE,
+    RUNS_DIR,
+    Cell,
+    Grid,
+    cell_dir,
+    inspect_cell,
+    read_failures,
+    read_grid,
+    write_failures,
+    write_grid,
+)
+from grace_rul.experiments.tables import Summary, write_tables
+
+# Settings the grid axes own; a sweep's overrides may not set them.
+AXIS_KEYS = {("data", "dataset"): "datasets", ("balancer", "name"): "balancers", ("seed",): "seeds"}
+MAX_ATTEMPTS = 2  # a failing cell is retried once
+
+
+@dataclass
+class CellTask:
+    """What a worker needs to run one cell: where, with which config, and how to start."""
+
+    name: str
+    run_dir: str
+    config: dict[str, Any]
+    action: str  # train | resume | rerun (wipe the directory first)
+
+
+def run_cell(task: CellTask) -> dict[str, Any]:
+    """Train one cell (in a worker process or Ray task); never raises, returns an outcome dict."""
+    started = time.perf_counter()
+    try:
+        from grace_rul.config import config_from_dict
+        from grace_rul.trainer import train
+
+        path = Path(task.run_dir)
+        if task.action == "rerun":
+            _wipe(path)
+        metrics = train(
+            config_from_dict(task.config),
+            path,
+            resume=task.action == "resume",
+            progress=False,
+            quiet=True,
+        )
+        return {
+            "ok": True,
+            "name": task.name,
+            "rmse_last": metrics["test"]["rmse_last"],
+            "seconds": time.perf_counter() - started,
+        }
+    except Exception as exc:  # reported to the sweep, which retries or records it
+        error = str(exc) if isinstance(exc, GraceError) else f"{type(exc).__name__}: {exc}"
+        return {
+            "ok": False,
+            "name": task.name,
+            "error": error,
+            "traceback": traceback.format_exc(),
+            "seconds": time.perf_counter() - started,
+        }
+
+
+def _wipe(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@dataclass
+class SweepResult:
+    """What one ``run_sweep`` call did, and the tables it wrote."""
+
+    sweep_dir: Path
+    grid: Grid
+    cells: list[str]
+    skipped: list[str] = field(default_factory=list)  # already finished
+    trained: list[str] = field(default_factory=list)  # trained from scratch
+    resumed: list[str] = field(default_factory=list)  # continued from last.pt
+    rerun: list[str] = field(default_factory=list)  # corrupt/incomplete: wiped and re-run
+    retried: list[str] = field(default_factory=list)  # failed once, tried again
+    failed: dict[str, str] = field(default_factory=dict)  # name -> error after the retry
+    seconds: float = 0.0
+    results: pd.DataFrame | None = None
+    summary: Summary | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _normalise_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """Copy ``overrides`` without None values; pull out train.threads (an execution detail)."""
+    out = _without_none(copy.deepcopy(overrides or {}))
+    for path, axis in AXIS_KEYS.items():
+        node: Any = out
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and path[-1] in node:
+            raise GraceError(
+                f"overrides may not set {'.'.join(path)}: it is a sweep axis (use {axis})"
+            )
+    if "preset" in out:
+        raise GraceError("overrides may not set preset: pass preset= (--preset)")
+    threads = 0
+    train = out.get("train")
+    if isinstance(train, dict) and "threads" in train:
+        threads = int(train.pop("threads"))
+        if not train:
+            out.pop("train")
+    return out, threads
+
+
+def _without_none(d: dict[str, Any]) -> dict[str, Any]:
+    """Nested copy without None values and without emptied sections (unset CLI flags)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _without_none(v)
+            if not v:
+                continue
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def _check_axes(
+    datasets: list[str], balancers: list[str], seeds: list[int]
+) -> tuple[list, list, list]:
+    for axis, values in (("datasets", datasets), ("balancers", balancers), ("seeds", seeds)):
+        if not values:
+            raise GraceError(f"a sweep needs at least one value in {axis}")
+        if len(set(values)) != len(values):
+            raise GraceError(f"{axis} lists a value twice: {list(values)}")
+    out_seeds = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise GraceError(f"seeds must be non-negative integers (got {s!r})")
+        out_seeds.append(int(s))
+    return [str(d).upper() for d in datasets], [str(b) for b in balancers], out_seeds
+
+
+def cell_overrides(grid: Grid, cell: Cell, threads: int) -> dict[str, Any]:
+    """The override dict that turns the grid's preset into this cell's config."""
+    o = copy.deepcopy(grid.overrides)
+    o.setdefault("data", {})["dataset"] = cell.dataset
+    o.setdefault("balancer", {})["name"] = cell.balancer
+    o.setdefault("train", {})["threads"] = threads
+    o["seed"] = cell.seed
+    return o
+
+
+class _Log:
+    """Appends to SWEEP_DIR/sweep.log and, with a progress bar, echoes above it."""
+
+    def __init__(self, path: Path, echo: bool) -> None:
+        self.path, self.echo = path, echo
+
+    def __call__(self, msg: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{datetime.now().isoformat(timespec='seconds')} {msg}\n")
+        if self.echo:
+            tqdm.write(msg, file=sys.stderr)
+
+
+def run_sweep(
+    out_dir: str | Path,
+    datasets: list[str],
+    balancers: list[str],
+    seeds: list[int],
+    *,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    executor: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
+    extend: bool = False,
+    progress: bool = True,
+    cpus_per_task: float = 1,
+    gpus_per_task: float = 0,
+) -> SweepResult:
+    """Train every cell of datasets x balancers x seeds into ``out_dir/runs/`` and tabulate.
+
+    ``overrides`` are nested config overrides shared by all cells (e.g.
+    ``{"train": {"epochs": 5, "protocol": "val"}}``); they may not set the axes.
+    ``train.threads`` in overrides fixes the torch threads per cell; otherwise the
+    local pool gives each cell ``cpu_count // workers`` and Ray ``cpus_per_task``.
+    A directory holding another grid is refused unless ``extend`` (then the axes are
+    the union; preset, overrides and protocol must still match).
+
+    The local pool spawns processes: a script calling this must guard its entry point
+    with ``if __name__ == "__main__":`` (the ``grace`` command does).
+    """
+    started = time.perf_counter()
+    sweep_dir = Path(out_dir).resolve()  # absolute: Ray tasks may run elsewhere
+    datasets, balancers, seeds = _check_axes(list(datasets), list(balancers), list(seeds))
+    shared, fixed_threads = _normalise_overrides(overrides)
+    base = resolve_config(preset, None, shared)  # validates preset and overrides once
+    grid = Grid(
+        datasets,
+        balancers,
+        seeds,
+        preset=base.preset,
+        overrides=shared,
+        protocol=base.train.protocol,
+    )
+
+    if (sweep_dir / GRID_FILE).exists():
+        on_disk = read_grid(sweep_dir)
+        diff = grid.differences(on_disk)
+        if diff:
+            axes_only = set(diff) <= set(AXES)
+            if not extend or not axes_only:
+                hint = " (use --extend to add to it)" if axes_only else " (use another --out)"
+                raise GraceError(
+                    f"{sweep_dir} holds a different sweep: {'; '.join(diff.values())}{hint}"
+                )
+            grid = grid.union(on_disk)
+        else:
+            grid = on_disk  # keep the recorded order
+    elif sweep_dir.is_dir() and any(p.name != RUNS_DIR for p in sweep_dir.iterdir()):
+        raise GraceError(f"{sweep_dir} exists and is not a sweep directory (no {GRID_FILE})")
+
+    if executor == "local":
+        if workers < 1:
+            raise GraceError(f"--workers must be >= 1 (got {workers})")
+        threads = fixed_threads or threads_per_cell(workers)
+    elif executor == "ray":
+        threads = fixed_threads or max(1, int(cpus_per_task))
+    else:
+        raise GraceError(f"unknown executor '{executor}' (choose from: local, ray)")
+    cells = grid.cells()
+    configs = {
+        c.name: resolve_config(grid.preset, None, cell_overrides(grid, c, threads)).to_dict()
+        for c in cells
+    }  # every cell validated before anything is written
+
+    (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    write_grid(sweep_dir, grid)
+    log = _Log(sweep_dir / LOG_FILE, echo=progress)
+    result = SweepResult(sweep_dir=sweep_dir, grid=grid, cells=[c.name for c in cells])
+    failures = read_failures(sweep_dir)
+    failures = {k: v for k, v in failures.items() if k in configs}
+    log(
+        f"sweep {sweep_dir}: {len(cells)} cells ({len(grid.datasets)} datasets x "
+        f"{len(grid.balancers)} balancers x {len(grid.seeds)} seeds), preset {grid.preset}, "
+        f"protocol {grid.protocol}, executor {executor}"
+    )
+
+    def plan(cell: Cell, first: bool) -> CellTask | None:
+        path = cell_dir(sweep_dir, cell)
+        state = inspect_cell(path)
+        if state.status == DONE:
+            return None
+        if state.status == INTERRUPTED:
+            action = "resume"
+            if first:
+                result.resumed.append(cell.name)
+            log(f"{cell.name}: interrupted ({state.reason}); resuming")
+        elif state.status in (CORRUPT, INCOMPLETE):
+            action = "rerun"
+            if first:
+                result.rerun.append(cell.name)
+            log(f"{cell.name}: {state.status} ({state.reason}); wiping and re-running")
+        else:
+            action = "train"
+            if first:
+                result.trained.append(cell.name)
+        return CellTask(cell.name, str(path), configs[cell.name], action)
+
+    todo: list[tuple[Cell, CellTask]] = []
+    for cell in cells:
+        task = plan(cell, first=True)
+        if task is None:
+            result.skipped.append(cell.name)
+            failures.pop(cell.name, None)
+        else:
+            todo.append((cell, task))
+    if result.skipped:
+        log(f"{len(result.skipped)} cells already finished: skipped")
+    write_failures(sweep_dir, failures)
+
+    bar = tqdm(
+        total=len(cells),
+        initial=len(result.skipped),
+        desc="sweep",
+        unit="cell",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        if todo:
+            _execute(
+                todo,
+                plan,
+                result,
+                failures,
+                log,
+                bar,
+                sweep_dir,
+                executor=executor,
+                workers=workers,
+                threads=threads,
+                ray_address=ray_address,
+                cpus_per_task=cpus_per_task,
+                gpus_per_task=gpus_per_task,
+            )
+    except KeyboardInterrupt:
+        log("interrupted: run the same command again to resume")
+        raise
+    finally:
+        bar.close()
+    result.results, result.summary = write_tables(sweep_dir)
+    result.seconds = time.perf_counter() - started
+    done = int((result.results["status"] == DONE).sum())
+    log(
+        f"sweep finished in {result.seconds:.1f}s: {done}/{len(cells)} cells done, "
+        f"{len(result.failed)} failed; tables in {sweep_dir}"
+    )
+    return result
+
+
+def _execute(
+    todo,
+    plan,
+    result: SweepResult,
+    failures: dict,
+    log: _Log,
+    bar: tqdm,
+    sweep_dir: Path,
+    **executor_args: Any,
+) -> None:
+    """Submit every task; retry each failure once (re-planned: it may resume); record the rest."""
+    with make_executor(executor_args.pop("executor"), **executor_args) as ex:
+        inflight: dict[Any, tuple[Cell, CellTask, int]] = {}
+        for cell, task in todo:
+            inflight[ex.submit(run_cell, task)] = (cell, task, 1)
+        n_failed = 0
+
+        def show() -> None:
+            bar.set_postfix(
+                done=bar.n - n_failed, running=min(len(inflight), ex.slots), failed=n_failed
+            )
+
+        show()
+        while inflight:
+            for handle, outcome in ex.wait(list(inflight)):
+                cell, task, attempt = inflight.pop(handle)
+                if outcome.get("ok"):
+                    log(
+                        f"{cell.name}: done in {outcome['seconds']:.1f}s "
+                        f"(test rmse_last {outcome['rmse_last']:.3f})"
+                    )
+                    failures.pop(cell.name, None)
+                    write_failures(sweep_dir, failures)
+                    bar.update(1)
+                elif attempt < MAX_ATTEMPTS:
+                    log(f"{cell.name}: failed ({outcome['error']}); retrying once")
+                    result.retried.append(cell.name)
+                    retry = plan(cell, first=False)
+                    if retry is None:  # finished after all (metrics written, then the worker died)
+                        bar.update(1)
+                        continue
+                    inflight[ex.submit(run_cell, retry)] = (cell, retry, attempt + 1)
+                else:
+                    log(
+                        f"{cell.name}: failed again ({outcome['error']}); recorded in failures.json"
+                    )
+                    failures[cell.name] = {
+                        "dataset": cell.dataset,
+                        "balancer": cell.balancer,
+                        "seed": cell.seed,
+                        "attempts": attempt,
+                        "error": outcome["error"],
+                        "traceback": outcome.get("traceback", ""),
+                        "when": datetime.now().isoformat(timespec="seconds"),
+                    }
+                    write_failures(sweep_dir, failures)
+                    result.failed[cell.name] = outcome["error"]
+                    n_failed += 1
+                    bar.update(1)
+                show()

@@ -1,0 +1,321 @@
+"""Result tables of a sweep: one row per cell, and balancers x subsets summaries.
+
+Summary conventions (used by every format):
+
+- a table cell is ``mean ± std (n=k)`` over the seeds that finished; std is the
+  sample standard deviation (ddof=1). With a single seed the spread is unknown
+  and shown as ``n/a`` (empty in CSV), never as a misleading ``0.00``;
+- failed or unfinished cells are left out of the statistics (``n`` says how many
+  seeds are behind each number); a combination with no finished seed shows ``—``;
+- the best (lowest mean) value of each subset column is in bold; entries whose means
+  print the same at the precision shown (2 decimals RMSE, 1 NASA) are all bold;
+- every table states its protocol: ``validation-selected`` (checkpoint chosen on
+  validation units) or ``test-selected (optimistic)`` (the write-up's protocol).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from grace_rul.checkpoint import atomic_write_text
+from grace_rul.errors import GraceError
+from grace_rul.experiments.grid import (
+    DONE,
+    PROTOCOL_LABELS,
+    cell_dir,
+    inspect_cell,
+    read_failures,
+    read_grid,
+)
+
+RESULT_COLUMNS = [
+    "dataset",
+    "balancer",
+    "seed",
+    "status",
+    "rmse_last",
+    "nasa_score",
+    "mae",
+    "health_accuracy",
+    "best_epoch",
+    "epochs_run",
+    "seconds",
+    "protocol",
+    "error",
+]
+SUMMARY_COLUMNS = [
+    "balancer",
+    "dataset",
+    "n",
+    "rmse_mean",
+    "rmse_std",
+    "nasa_mean",
+    "nasa_std",
+    "best_rmse",
+    "best_nasa",
+    "rmse_text",
+    "nasa_text",
+    "protocol",
+]
+FORMATS = ("markdown", "latex", "csv")
+# (column in results, heading, decimals)
+METRICS = (
+    ("rmse", "rmse_last", "Test RMSE (last window)", 2),
+    ("nasa", "nasa_score", "NASA score", 1),
+)
+
+
+def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFrame:
+    """One row per grid cell with its status and test metrics; written to ``results.csv``.
+
+    ``status`` is ``done``, ``failed`` (see failures.json / the ``error`` column),
+    ``interrupted`` (has last.pt, re-run the sweep to resume), ``corrupt`` or ``pending``.
+    """
+    sweep_dir = Path(sweep_dir)
+    grid = read_grid(sweep_dir)
+    failures = read_failures(sweep_dir)
+    rows: list[dict[str, Any]] = []
+    for cell in grid.cells():
+        state = inspect_cell(cell_dir(sweep_dir, cell), check_checkpoint=False)
+        row: dict[str, Any] = {
+            "dataset": cell.dataset,
+            "balancer": cell.balancer,
+            "seed": cell.seed,
+            "protocol": grid.protocol,
+        }
+        if state.status == DONE:
+            m = state.metrics or {}
+            test = m["test"]
+            row.update(
+                status=DONE,
+                rmse_last=test.get("rmse_last"),
+                nasa_score=test.get("nasa_score"),
+                mae=test.get("mae"),
+                health_accuracy=test.get("health_accuracy"),
+                best_epoch=m.get("best_epoch"),
+                epochs_run=m.get("epochs_run"),
+                seconds=m.get("seconds"),
+                protocol=m.get("protocol", grid.protocol),
+            )
+        elif cell.name in failures:
+            row.update(status="failed", error=failures[cell.name].get("error", ""))
+        elif state.status in ("missing", "incomplete"):
+            row.update(status="pending")
+        else:
+            row.update(status=state.status)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    for col in ("rmse_last", "nasa_score", "mae", "health_accuracy", "seconds"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in ("best_epoch", "epochs_run"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    df["seed"] = df["seed"].astype(int)
+    df["error"] = df["error"].astype(object).where(df["error"].notna(), "")
+    if write:
+        atomic_write_text(sweep_dir / "results.csv", df.to_csv(index=False))
+    return df
+
+
+def protocol_label(protocols: list[str]) -> str:
+    """The protocol line for a set of protocol keys (``val`` / ``paper``)."""
+    labels = [PROTOCOL_LABELS.get(p, p) for p in dict.fromkeys(protocols)]
+    if not labels:
+        return "unknown"
+    if len(labels) > 1:
+        return "MIXED: " + " and ".join(labels)
+    return labels[0]
+
+
+def format_stat(mean: float, std: float, n: int, decimals: int, pm: str = "±") -> str:
+    """``mean ± std (n=k)``; ``n/a`` for the spread of one seed; ``—`` with no seed."""
+    if n == 0 or not math.isfinite(mean):
+        return "—"
+    spread = f"{std:.{decimals}f}" if n > 1 and math.isfinite(std) else "n/a"
+    return f"{mean:.{decimals}f} {pm} {spread} (n={n})"
+
+
+@dataclass
+class Summary:
+    """Mean/std over seeds per (balancer, subset), with formatters for every output format.
+
+    ``stats`` has one row per (balancer, dataset) with the columns of ``SUMMARY_COLUMNS``.
+    """
+
+    stats: pd.DataFrame
+    balancers: list[str]
+    datasets: list[str]
+    protocol: str
+    counts: dict[str, int]
+
+    def _cell(self, balancer: str, dataset: str) -> pd.Series:
+        s = self.stats
+        return s[(s["balancer"] == balancer) & (s["dataset"] == dataset)].iloc[0]
+
+    def _text(self, row: pd.Series, key: str, decimals: int, pm: str) -> str:
+        return format_stat(row[f"{key}_mean"], row[f"{key}_std"], int(row["n"]), decimals, pm)
+
+    def _footnote(self) -> str:
+        c = self.counts
+        return (
+            f"{c.get('done', 0)} of {c.get('total', 0)} cells done, {c.get('failed', 0)} failed, "
+            f"{c.get('total', 0) - c.get('done', 0) - c.get('failed', 0)} not finished. "
+            "Mean ± sample std (ddof=1) over seeds; n = seeds behind each number; "
+            "n/a = a single seed; bold = lowest mean per subset."
+        )
+
+    def to_markdown(self, title: str | None = None) -> str:
+        lines = [f"# {title}", ""] if title else []
+        lines += [f"Protocol: **{self.protocol}**", "", self._footnote(), ""]
+        for key, _, heading, decimals in METRICS:
+            lines += [f"## {heading}", ""]
+            lines.append("| balancer | " + " | ".join(self.datasets) + " |")
+            lines.append("|---|" + "---|" * len(self.datasets))
+            for b in self.balancers:
+                cells = []
+                for d in self.datasets:
+                    row = self._cell(b, d)
+                    text = self._text(row, key, decimals, "±")
+                    cells.append(f"**{text}**" if row[f"best_{key}"] else text)
+                lines.append(f"| {b} | " + " | ".join(cells) + " |")
+            lines.append("")
+        return "\n".join(lines)
+
+    def to_latex(self, caption: str | None = None) -> str:
+        cols = "l" + "cc" * len(self.datasets)
+        head1 = " & ".join(rf"\multicolumn{{2}}{{c}}{{{_tex(d)}}}" for d in self.datasets)
+        rules = " ".join(
+            rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(self.datasets))
+        )
+        head2 = " & ".join(["RMSE & Score"] * len(self.datasets))
+        body = []
+        for b in self.balancers:
+            cells = []
+            for d in self.datasets:
+                row = self._cell(b, d)
+                for key, _, _, decimals in METRICS:
+                    text = self._text(row, key, decimals, r"$\pm$").replace("—", "---")
+                    cells.append(rf"\textbf{{{text}}}" if row[f"best_{key}"] else text)
+            body.append(f"{_tex(b)} & " + " & ".join(cells) + r" \\")
+        cap = caption or (
+            f"Test RMSE (last window) and NASA score, mean $\\pm$ sample std over seeds "
+            f"(n = seeds per entry); protocol: {_tex(self.protocol)}. Bold: lowest mean per subset."
+        )
+        return "\n".join(
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                rf"\caption{{{cap}}}",
+                rf"\begin{{tabular}}{{{cols}}}",
+                r"\toprule",
+                rf"Balancer & {head1} \\",
+                rules,
+                rf" & {head2} \\",
+                r"\midrule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                r"\end{table}",
+                "",
+            ]
+        )
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        self.stats.to_csv(buf, index=False, columns=SUMMARY_COLUMNS)
+        return buf.getvalue()
+
+
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def summarise(df: pd.DataFrame) -> Summary:
+    """Balancers x subsets statistics of a :func:`collect_results` frame (finished cells only)."""
+    missing = {
+        "dataset",
+        "balancer",
+        "seed",
+        "status",
+        "rmse_last",
+        "nasa_score",
+        "protocol",
+    } - set(df.columns)
+    if missing:
+        raise GraceError(f"results table lacks columns: {', '.join(sorted(missing))}")
+    balancers = list(dict.fromkeys(df["balancer"].astype(str)))
+    datasets = list(dict.fromkeys(df["dataset"].astype(str)))
+    done = df[df["status"] == DONE]
+    rows = []
+    for b in balancers:
+        for d in datasets:
+            g = done[(done["balancer"] == b) & (done["dataset"] == d)]
+            row: dict[str, Any] = {"balancer": b, "dataset": d, "n": len(g)}
+            for key, col, _, _ in METRICS:
+                values = g[col].to_numpy(dtype=float)
+                row[f"{key}_mean"] = float(np.mean(values)) if len(values) else math.nan
+                row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+            rows.append(row)
+    stats = pd.DataFrame(rows)
+    for key, _, _, decimals in METRICS:
+        # Best at the precision shown: entries that print the same mean are all bold.
+        shown = stats[f"{key}_mean"].map(lambda m, d=decimals: float(f"{m:.{d}f}"))
+        stats[f"best_{key}"] = False
+        for d in datasets:
+            sel = (stats["dataset"] == d) & (stats["n"] > 0)
+            if sel.any():
+                stats.loc[sel & (shown == shown[sel].min()), f"best_{key}"] = True
+        stats[f"{key}_text"] = [
+            format_stat(m, s, int(n), decimals)
+            for m, s, n in zip(stats[f"{key}_mean"], stats[f"{key}_std"], stats["n"])
+        ]
+    label = protocol_label([str(p) for p in (done if len(done) else df)["protocol"]])
+    stats["protocol"] = label
+    counts = {"total": len(df), "done": len(done), "failed": int((df["status"] == "failed").sum())}
+    return Summary(
+        stats=stats, balancers=balancers, datasets=datasets, protocol=label, counts=counts
+    )
+
+
+def write_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, Summary]:
+    """Collect the cells, then write results.csv, summary.md and summary.csv (atomically)."""
+    sweep_dir = Path(sweep_dir)
+    df = collect_results(sweep_dir, write=True)
+    summary = summarise(df)
+    atomic_write_text(
+        sweep_dir / "summary.md", summary.to_markdown(title=f"Sweep {sweep_dir.name}")
+    )
+    atomic_write_text(sweep_dir / "summary.csv", summary.to_csv())
+    return df, summary
+
+
+def format_table(sweep_dir: str | Path, fmt: str = "markdown") -> str:
+    """The summary of ``sweep_dir`` as markdown, LaTeX (booktabs) or CSV text; writes nothing."""
+    if fmt not in FORMATS:
+        raise GraceError(f"unknown table format '{fmt}' (choose from: {', '.join(FORMATS)})")
+    summary = summarise(collect_results(sweep_dir, write=False))
+    if fmt == "markdown":
+        return summary.to_markdown(title=f"Sweep {Path(sweep_dir).name}")
+    if fmt == "latex":
+        return summary.to_latex()
+    return summary.to_csv()

@@ -1,0 +1,395 @@
+"""Sweeps end to end on the bundled FD001 (preset tiny, 1 epoch, 1 torch thread per cell).
+
+The grid is FD001 x {equal, gaba} x {42, 123} (4 cells), trained once by a module
+fixture through the local pool (2 workers); tests that modify a sweep work on a copy.
+Only the formatting unit test uses hand-made metrics.json files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from grace_rul.errors import GraceError
+from grace_rul.experiments.executors import make_executor, threads_per_cell
+from grace_rul.experiments.sweep import run_sweep
+from grace_rul.experiments.tables import collect_results, format_table, summarise
+
+CELLS = ["FD001-equal-s42", "FD001-equal-s123", "FD001-gaba-s42", "FD001-gaba-s123"]
+GRID = dict(datasets=["FD001"], balancers=["equal", "gaba"], seeds=[42, 123], preset="tiny")
+TRAIN = {"train": {"epochs": 1, "threads": 1}}
+
+
+def _metrics(sweep: Path, name: str) -> dict:
+    return json.loads((sweep / "runs" / name / "metrics.json").read_text())
+
+
+def _cli(argv: list[str]) -> int:
+    """``grace ...`` through the real command line entry point."""
+    from grace_rul.cli import main
+
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("sweep") / "base"
+    result = run_sweep(sweep, **GRID, overrides=TRAIN, workers=2, progress=False)
+    return sweep, result
+
+
+def _copy(base_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(base_dir, dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_sweep_trains_every_cell_into_run_dirs(base):
+    sweep, result = base
+    assert result.ok and sorted(result.trained) == sorted(CELLS)
+    assert not result.skipped and not result.resumed and not result.rerun
+    assert sorted(p.name for p in (sweep / "runs").iterdir()) == sorted(CELLS)
+    grid = yaml.safe_load((sweep / "sweep.yaml").read_text())
+    assert grid == {
+        "datasets": ["FD001"],
+        "balancers": ["equal", "gaba"],
+        "seeds": [42, 123],
+        "preset": "tiny",
+        "overrides": {"train": {"epochs": 1}},
+        "protocol": "val",
+    }
+    for name in CELLS:
+        m = _metrics(sweep, name)
+        dataset, balancer, seed = name.split("-")
+        assert (m["dataset"], m["balancer"], m["seed"]) == (dataset, balancer, int(seed[1:]))
+        assert m["epochs_run"] == 1 and m["protocol"] == "val"
+        cfg = yaml.safe_load((sweep / "runs" / name / "config.yaml").read_text())
+        assert cfg["preset"] == "tiny" and cfg["train"]["threads"] == 1
+    assert not (sweep / "failures.json").exists()
+    for f in ("results.csv", "summary.md", "summary.csv", "sweep.log"):
+        assert (sweep / f).is_file()
+
+
+@pytest.mark.slow
+def test_results_and_summary_equal_per_cell_metrics(base):
+    sweep, _ = base
+    df = pd.read_csv(sweep / "results.csv")
+    assert len(df) == 4 and set(df["status"]) == {"done"}
+    for _, row in df.iterrows():
+        m = _metrics(sweep, f"{row.dataset}-{row.balancer}-s{row.seed}")
+        assert row.rmse_last == pytest.approx(m["test"]["rmse_last"], rel=1e-12)
+        assert row.nasa_score == pytest.approx(m["test"]["nasa_score"], rel=1e-12)
+        assert row.health_accuracy == pytest.approx(m["test"]["health_accuracy"], rel=1e-12)
+        assert (row.best_epoch, row.epochs_run, row.protocol) == (
+            m["best_epoch"],
+            m["epochs_run"],
+            "val",
+        )
+    summary = pd.read_csv(sweep / "summary.csv")
+    md = (sweep / "summary.md").read_text()
+    assert "Protocol: **validation-selected**" in md
+    means = {}
+    for b in ("equal", "gaba"):
+        rmse = [_metrics(sweep, f"FD001-{b}-s{s}")["test"]["rmse_last"] for s in (42, 123)]
+        nasa = [_metrics(sweep, f"FD001-{b}-s{s}")["test"]["nasa_score"] for s in (42, 123)]
+        row = summary[summary["balancer"] == b].iloc[0]
+        assert row["n"] == 2
+        assert row["rmse_mean"] == pytest.approx(np.mean(rmse), rel=1e-12)
+        assert row["rmse_std"] == pytest.approx(np.std(rmse, ddof=1), rel=1e-12)
+        assert row["nasa_mean"] == pytest.approx(np.mean(nasa), rel=1e-12)
+        assert row["nasa_std"] == pytest.approx(np.std(nasa, ddof=1), rel=1e-12)
+        text = f"{np.mean(rmse):.2f} ± {np.std(rmse, ddof=1):.2f} (n=2)"
+        assert row["rmse_text"] == text and text in md
+        means[b] = np.mean(rmse)
+    best = min(means, key=means.get)
+    assert f"| {best} | **{summary[summary.balancer == best].iloc[0]['rmse_text']}** |" in md
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_path):
+    sweep = _copy(base[0], tmp_path)
+    runs = sweep / "runs"
+    before = {n: _metrics(sweep, n) for n in CELLS}
+    finished = "FD001-equal-s42"
+    mtime = (runs / finished / "metrics.json").stat().st_mtime_ns
+    # interrupted: metrics.json gone, last.pt kept
+    (runs / "FD001-equal-s123" / "metrics.json").unlink()
+    # corrupt checkpoint (and not finished)
+    (runs / "FD001-gaba-s42" / "metrics.json").unlink()
+    last = runs / "FD001-gaba-s42" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    # corrupt metrics.json
+    (runs / "FD001-gaba-s123" / "metrics.json").write_text('{"test": {"rmse_la')
+
+    result = run_sweep(sweep, **GRID, overrides=TRAIN, workers=2, progress=False)
+
+    assert result.ok
+    assert result.skipped == [finished] and not result.trained
+    assert result.resumed == ["FD001-equal-s123"]
+    assert sorted(result.rerun) == ["FD001-gaba-s123", "FD001-gaba-s42"]
+    assert (runs / finished / "metrics.json").stat().st_mtime_ns == mtime
+    assert "resumed from" in (runs / "FD001-equal-s123" / "events.log").read_text()
+    for n in ("FD001-gaba-s42", "FD001-gaba-s123"):  # wiped: a fresh events.log, no resume
+        assert "resumed" not in (runs / n / "events.log").read_text()
+    log = (sweep / "sweep.log").read_text()
+    assert "FD001-gaba-s42: corrupt (unreadable checkpoints/last.pt" in log
+    assert "FD001-gaba-s123: corrupt (unreadable metrics.json" in log
+    # Same seed, same thread count, CPU: resumed and re-run cells reproduce the first results.
+    for n in CELLS:
+        assert _metrics(sweep, n)["test"] == before[n]["test"], n
+
+    # A third run has nothing to do: every cell skipped, nothing rewritten; progress shown.
+    stamps = {n: (runs / n / "metrics.json").stat().st_mtime_ns for n in CELLS}
+    again = run_sweep(sweep, **GRID, overrides=TRAIN, workers=2, progress=True)
+    assert sorted(again.skipped) == sorted(CELLS) and not (
+        again.trained or again.resumed or again.rerun
+    )
+    assert stamps == {n: (runs / n / "metrics.json").stat().st_mtime_ns for n in CELLS}
+
+
+@pytest.mark.slow
+def test_grid_mismatch_refused_extend_and_failed_cell(base, tmp_path, capsys):
+    sweep = _copy(base[0], tmp_path)
+    with pytest.raises(
+        GraceError,
+        match=r"seeds \[42, 7\] vs \[42, 123\] in sweep.yaml "
+        r"\(new: \[7\]; not requested: \[123\]\).*--extend",
+    ):
+        run_sweep(sweep, **{**GRID, "seeds": [42, 7]}, overrides=TRAIN, progress=False)
+    with pytest.raises(GraceError, match=r"preset 'small' vs 'tiny' in sweep.yaml"):
+        run_sweep(
+            sweep, **{**GRID, "preset": "small"}, overrides=TRAIN, extend=True, progress=False
+        )
+    with pytest.raises(GraceError, match=r"overrides"):
+        run_sweep(sweep, **GRID, overrides={"train": {"epochs": 2}}, extend=True, progress=False)
+
+    # A cell that cannot run: its directory holds another cell's interrupted run, so the
+    # trainer refuses to resume it (settings differ). Retried once, recorded; others finish.
+    bad = sweep / "runs" / "FD001-gaba-s7"
+    shutil.copytree(sweep / "runs" / "FD001-equal-s42", bad)
+    (bad / "metrics.json").unlink()
+    argv = [
+        "sweep",
+        "--datasets",
+        "FD001",
+        "--balancers",
+        "equal",
+        "gaba",
+        "--seeds",
+        "7",
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--workers",
+        "2",
+        "--extend",
+        "--quiet",
+        "--out",
+        str(sweep),
+    ]
+    assert _cli(argv) == 1
+    err = capsys.readouterr().err
+    assert "FD001-gaba-s7" in err and "failures.json" in err
+    grid = yaml.safe_load((sweep / "sweep.yaml").read_text())
+    assert grid["seeds"] == [42, 123, 7] and grid["balancers"] == ["equal", "gaba"]
+    failures = json.loads((sweep / "failures.json").read_text())
+    assert list(failures) == ["FD001-gaba-s7"]
+    assert failures["FD001-gaba-s7"]["attempts"] == 2
+    assert "settings differ" in failures["FD001-gaba-s7"]["error"]
+    assert "FD001-gaba-s7: failed (" in (sweep / "sweep.log").read_text()  # the retry
+    df = collect_results(sweep, write=False)
+    status = dict(
+        zip(df["dataset"] + "-" + df["balancer"] + "-s" + df["seed"].astype(str), df["status"])
+    )
+    assert status.pop("FD001-gaba-s7") == "failed" and set(status.values()) == {"done"}
+    assert len(status) == 5
+    new = yaml.safe_load((sweep / "runs" / "FD001-equal-s7" / "config.yaml").read_text())
+    assert new["train"]["threads"] == threads_per_cell(2) == max(1, (os.cpu_count() or 1) // 2)
+    md = (sweep / "summary.md").read_text()
+    assert "5 of 6 cells done, 1 failed" in md and "(n=3)" in md and "(n=2)" in md
+
+    # Clear the obstacle: the next run trains it and forgets the failure.
+    shutil.rmtree(bad)
+    result = run_sweep(sweep, **{**GRID, "seeds": [42, 123, 7]}, overrides=TRAIN, progress=False)
+    assert result.ok and result.trained == ["FD001-gaba-s7"] and len(result.skipped) == 5
+    assert not (sweep / "failures.json").exists()
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_local(base, tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'grace-rul[ray]')")
+    sweep = tmp_path / "ray"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_sweep(sweep, **GRID, overrides=TRAIN, executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert result.ok and sorted(result.trained) == sorted(CELLS)
+    for n in CELLS:
+        assert _metrics(sweep, n)["test"] == _metrics(base[0], n)["test"], n
+
+
+def test_missing_ray_is_a_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(GraceError, match=r"ray is not installed: pip install 'grace-rul\[ray\]'"):
+        make_executor("ray")
+
+
+@pytest.mark.slow
+def test_table_cli_latex_and_formats(base, capsys):
+    sweep, _ = base
+    assert _cli(["table", str(sweep), "--format", "latex"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(r"\begin{table}") and r"\toprule" in out and r"\bottomrule" in out
+    assert r"\multicolumn{2}{c}{FD001}" in out and "validation-selected" in out
+    assert r"\textbf{" in out and "(n=2)" in out and r"$\pm$" in out
+    assert format_table(sweep, "csv") == (sweep / "summary.csv").read_text()
+    assert format_table(sweep, "markdown") == (sweep / "summary.md").read_text()
+    with pytest.raises(GraceError, match="unknown table format"):
+        format_table(sweep, "html")
+    assert _cli(["table", str(sweep.parent / "nope")]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"seeds": [1, 1]}, "seeds lists a value twice"),
+        ({"seeds": [-1]}, "non-negative"),
+        ({"balancers": []}, "at least one value in balancers"),
+        ({"balancers": ["nope"]}, "unknown balancer 'nope'"),
+        ({"datasets": ["FD009"]}, "FD009"),
+        ({"overrides": {"data": {"dataset": "FD002"}}}, "sweep axis"),
+        ({"executor": "slurm"}, "unknown executor"),
+        ({"workers": 0}, "--workers"),
+    ],
+)
+def test_bad_sweep_input_refused_before_writing(tmp_path, kwargs, words):
+    args = {**GRID, "overrides": TRAIN, "progress": False, **kwargs}
+    with pytest.raises(GraceError, match=words):
+        run_sweep(tmp_path / "s", **args)
+    assert not (tmp_path / "s").exists()
+
+
+def test_refuses_a_directory_that_is_not_a_sweep(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(GraceError, match="not a sweep directory"):
+        run_sweep(tmp_path, **GRID, overrides=TRAIN, progress=False)
+
+
+def test_threads_divide_the_cores():
+    assert threads_per_cell(1, 16) == 16
+    assert threads_per_cell(4, 16) == 4
+    assert threads_per_cell(3, 16) == 5
+    assert threads_per_cell(32, 16) == 1
+
+
+# ---- pure aggregation/formatting on hand-made metrics (no training)
+
+
+def _fake_cell(sweep: Path, name: str, rmse: float, nasa: float, protocol: str = "paper") -> None:
+    d = sweep / "runs" / name
+    d.mkdir(parents=True)
+    dataset, balancer, seed = name.split("-")
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "dataset": dataset,
+                "balancer": balancer,
+                "seed": int(seed[1:]),
+                "protocol": protocol,
+                "test": {"rmse_last": rmse, "nasa_score": nasa, "mae": 1.0, "health_accuracy": 0.5},
+                "best_epoch": 3,
+                "epochs_run": 5,
+                "seconds": 1.5,
+            }
+        )
+    )
+
+
+def test_summary_formatting_rules(tmp_path):
+    sweep = tmp_path / "s"
+    (sweep / "runs").mkdir(parents=True)
+    (sweep / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "datasets": ["FD001", "FD002"],
+                "balancers": ["equal", "my_gaba"],
+                "seeds": [1, 2, 3],
+                "preset": "tiny",
+                "overrides": {},
+                "protocol": "paper",
+            }
+        )
+    )
+    for seed, r in zip((1, 2, 3), (12.0, 13.0, 14.0)):
+        _fake_cell(sweep, f"FD001-equal-s{seed}", r, 300.0 + seed)
+    _fake_cell(sweep, "FD001-my_gaba-s1", 11.0, 250.0)  # one seed only: better mean, no spread
+    for seed, r in zip((1, 2), (20.0, 22.0)):
+        _fake_cell(sweep, f"FD002-equal-s{seed}", r, 900.0)
+    (sweep / "failures.json").write_text(json.dumps({"FD001-my_gaba-s2": {"error": "boom"}}))
+    # FD002-my_gaba: nothing finished
+
+    df = collect_results(sweep)
+    assert (sweep / "results.csv").is_file() and len(df) == 12
+    status = df.set_index(["dataset", "balancer", "seed"])["status"]
+    assert (
+        status[("FD001", "my_gaba", 2)] == "failed" and status[("FD001", "my_gaba", 3)] == "pending"
+    )
+    assert df.loc[df.status == "failed", "error"].tolist() == ["boom"]
+    s = summarise(df)
+    assert s.protocol == "test-selected (optimistic)"
+    st = s.stats.set_index(["balancer", "dataset"])
+    assert st.loc[("equal", "FD001"), "rmse_text"] == "13.00 ± 1.00 (n=3)"
+    assert st.loc[("my_gaba", "FD001"), "rmse_text"] == "11.00 ± n/a (n=1)"
+    assert math.isnan(st.loc[("my_gaba", "FD001"), "rmse_std"])
+    assert (
+        st.loc[("my_gaba", "FD002"), "rmse_text"] == "—" and st.loc[("my_gaba", "FD002"), "n"] == 0
+    )
+    assert st.loc[("equal", "FD002"), "nasa_text"] == "900.0 ± 0.0 (n=2)"
+    assert (
+        bool(st.loc[("my_gaba", "FD001"), "best_rmse"])
+        and not st.loc[("equal", "FD001"), "best_rmse"]
+    )
+    assert bool(st.loc[("equal", "FD002"), "best_rmse"])  # the only finished entry of its column
+    assert not st.loc[("my_gaba", "FD002"), "best_rmse"]
+    md = s.to_markdown()
+    assert "Protocol: **test-selected (optimistic)**" in md
+    assert "| my_gaba | **11.00 ± n/a (n=1)** | — |" in md
+    assert "| equal | 13.00 ± 1.00 (n=3) | **21.00 ± 1.41 (n=2)** |" in md
+    tex = s.to_latex()
+    assert (
+        r"my\_gaba & \textbf{11.00 $\pm$ n/a (n=1)} & \textbf{250.0 $\pm$ n/a (n=1)} & --- & --- \\"
+        in tex
+    )
+    assert "test-selected (optimistic)" in tex
+
+    # Means that print the same are all bold; a lower one that prints higher is not.
+    rows = [("a", 10.001), ("a", 10.003), ("b", 10.004), ("c", 10.006), ("c", 10.008)]
+    tie = pd.DataFrame(
+        {
+            "dataset": "FD001",
+            "balancer": [b for b, _ in rows],
+            "seed": [1, 2, 1, 1, 2],
+            "status": "done",
+            "rmse_last": [r for _, r in rows],
+            "nasa_score": 1.0,
+            "protocol": "val",
+        }
+    )
+    st = summarise(tie).stats.set_index("balancer")
+    assert st["best_rmse"].tolist() == [True, True, False]
+    assert st.loc["a", "rmse_text"] == "10.00 ± 0.00 (n=2)" and st.loc["b", "rmse_text"].startswith(
+        "10.00"
+    )
