@@ -72,6 +72,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ema-decay", type=float, help="weight-EMA decay (default 0.999)")
     p.add_argument(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        help="EMA decay warmup min(decay, (1+t)/(10+t)) (on in small/tiny presets)",
+    )
+    p.add_argument(
         "--precision", choices=PRECISIONS, help="32 (default), bf16 autocast, 16 (CUDA + scaler)"
     )
     p.add_argument(
@@ -120,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "clip": args.clip,
             "clip_mode": args.clip_mode,
             "ema_decay": args.ema_decay,
+            "ema_warmup": args.ema_warmup,
             "precision": args.precision,
             "deterministic": args.deterministic,
             "max_bad_steps": args.max_bad_steps,
