@@ -100,7 +100,9 @@ class Balancer(nn.Module):
         """
 
     def uniform(self, like: Tensor) -> Tensor:
-        return torch.full((self.num_tasks,), 1.0 / self.num_tasks, dtype=like.dtype, device=like.device)
+        return torch.full(
+            (self.num_tasks,), 1.0 / self.num_tasks, dtype=like.dtype, device=like.device
+        )
 
     def describe(self) -> dict[str, Any]:
         """Options of this instance, for logs and reports."""

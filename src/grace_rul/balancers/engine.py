@@ -93,7 +93,7 @@ def balance_backward(
     n = len(targets)
     sizes = [t.numel() for t in targets]
     # Each task's gradient is written once, straight into its row of the (K, P) matrix.
-    matrix = torch.zeros(k, sum(sizes), dtype=losses.dtype, device=losses.device)
+    matrix = torch.empty(k, sum(sizes), dtype=losses.dtype, device=losses.device)
     used = [False] * n
     head_grads: list[tuple[Tensor | None, ...]] = []
     for i in range(k):
@@ -102,7 +102,9 @@ def balance_backward(
             losses[i] * scale, targets + list(heads[i]), retain_graph=retain, allow_unused=True
         )
         for j, (row, g) in enumerate(zip(matrix[i].split(sizes), got[:n])):
-            if g is not None:
+            if g is None:
+                row.zero_()  # a parameter this task does not reach
+            else:
                 row.copy_(g.reshape(-1))
                 used[j] = True
         head_grads.append(got[n:])
@@ -122,7 +124,7 @@ def balance_backward(
         combined = combined * scale
 
     if grad_source == "representation":
-        representation.backward(combined.view_as(representation))
+        representation.backward(combined.view_as(representation).to(representation.dtype))
     else:
         # The shared .grad tensors are views into the one combined vector (no per-parameter copy);
         # a parameter no task reached keeps grad None, as after a plain backward().

@@ -48,7 +48,9 @@ class GABA(Balancer):
         if warmup_steps < 0:
             raise ValueError(f"gaba warmup_steps must be >= 0 (got {warmup_steps})")
         if not 0.0 <= floor < 1.0 / num_tasks:
-            raise ValueError(f"gaba floor must be in [0, 1/K = {1.0 / num_tasks:.3g}) (got {floor})")
+            raise ValueError(
+                f"gaba floor must be in [0, 1/K = {1.0 / num_tasks:.3g}) (got {floor})"
+            )
         self.beta, self.warmup_steps, self.floor = beta, warmup_steps, floor
         self.register_buffer("smoothed", torch.full((num_tasks,), 1.0 / num_tasks))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))

@@ -106,8 +106,7 @@ class NonFiniteGuard:
             return None
         e, b, w = self.first_bad
         return (
-            f"skipped {self.total_skipped} non-finite step(s); "
-            f"first at epoch {e} batch {b} ({w})"
+            f"skipped {self.total_skipped} non-finite step(s); first at epoch {e} batch {b} ({w})"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -157,9 +156,7 @@ class SpikeDetector:
         if not math.isfinite(loss):
             return False
         spike = (
-            self.level is not None
-            and self.steps >= self.warmup
-            and loss > self.factor * self.level
+            self.level is not None and self.steps >= self.warmup and loss > self.factor * self.level
         )
         if spike:
             self.spikes.append((int(epoch), int(batch), loss, float(self.level)))
