@@ -321,8 +321,9 @@ def test_real_unit_windows_trace_a_whole_life(fd001) -> None:
 
 def test_real_window_longer_than_every_unit() -> None:
     with pytest.raises(
-        GraceError, match=r"data\.window=400 is longer than every training unit of FD001 "
-        r"\(longest: 362 cycles\)"
+        GraceError,
+        match=r"data\.window=400 is longer than every training unit of FD001 "
+        r"\(longest: 362 cycles\)",
     ):
         load_cmapss(DataConfig(dataset="FD001", window=400), seed=0)
 

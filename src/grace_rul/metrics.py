@@ -31,7 +31,7 @@ def confusion_matrix(pred: np.ndarray, true: np.ndarray, n_classes: int = 3) -> 
 def evaluate_predictions(
     rul_pred: np.ndarray, rul_true: np.ndarray, health_pred: np.ndarray, health_true: np.ndarray
 ) -> dict:
-    """All metrics of one split (for the test split ``rmse`` is ``rmse_last``, one window a unit)."""
+    """All metrics of one split; on the test split ``rmse`` is ``rmse_last``."""
     return {
         "rmse": rmse(rul_pred, rul_true),
         "mae": mae(rul_pred, rul_true),
