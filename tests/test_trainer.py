@@ -118,6 +118,7 @@ def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, capsys):
     assert evaluated["test"] == metrics["test"]
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no step ran
 def test_nan_loss_steps_are_skipped_and_leave_no_trace(tmp_path, monkeypatch):
     orig = trainer_mod.task_losses
     monkeypatch.setattr(trainer_mod, "task_losses", lambda *a: orig(*a) * float("nan"))
@@ -136,6 +137,7 @@ def test_nan_loss_steps_are_skipped_and_leave_no_trace(tmp_path, monkeypatch):
     assert last["balancer"]["step"].item() == 0  # GABA state untouched
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no step ran
 def test_inf_gradient_steps_are_skipped_and_leave_no_trace(tmp_path, monkeypatch):
     orig = trainer_mod.balance_backward
 
