@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import grace_rul.trainer as trainer_mod
+from grace_rul.balancers import BALANCERS
 from grace_rul.cli import main
 from grace_rul.config import resolve_config
 from grace_rul.model import build_model
@@ -295,3 +296,26 @@ def test_non_empty_out_and_corrupt_data_dir(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0]
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_every_balancer_trains_on_real_fd001(tmp_path, name):
+    options = {"weights": [0.7, 0.3]} if name == "fixed" else {}
+    cfg = resolve_config(
+        "tiny",
+        overrides={
+            "train": {"epochs": 1, "threads": 1},
+            "balancer": {"name": name, "options": options},
+        },
+    )
+    metrics = train(cfg, tmp_path / name, quiet=True)
+    assert np.isfinite(metrics["test"]["rmse_last"]) and metrics["balancer"] == name
+    stats = rows(tmp_path / name / "gradient_stats.csv")[0]
+    assert float(stats["gnorm_rul"]) > 0 and float(stats["gnorm_health"]) > 0  # logged for all
+    assert float(stats["w_rul"]) > 0
+    last = load(tmp_path / name / "checkpoints" / "last.pt")
+    learnable = {"uncertainty": "log_var", "gradnorm": "task_weights"}
+    if name in learnable:  # balancer parameters are in the optimiser and move
+        assert not torch.allclose(
+            last["balancer"][learnable[name]], torch.ones(2) * (name == "gradnorm")
+        )

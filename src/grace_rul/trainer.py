@@ -14,6 +14,7 @@ At the end the best weights are restored and the test set is scored once.
 from __future__ import annotations
 
 import csv
+import io
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from grace_rul.balancers import balance_backward, build_balancer
 from grace_rul.checkpoint import (
     atomic_torch_save,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
@@ -147,9 +149,8 @@ def train(
         data.train.rul.to(device),
         data.train.health.to(device),
     )
-    model = build_model(cfg.model, n_features=len(data.feature_names), max_rul=cfg.data.max_rul).to(
-        device
-    )
+    model = build_model(cfg.model, n_features=len(data.feature_names), max_rul=cfg.data.max_rul)
+    model.to(device)
     n_params = count_parameters(model)
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.options).to(device)
     groups = [{"params": list(model.parameters())}]
@@ -176,14 +177,8 @@ def train(
     all_params = list(model.parameters()) + list(balancer.parameters())
     last_layer = model.last_shared_layer_params()
 
-    start_epoch, step, best_score, best_epoch, stale_epochs, stopped = (
-        0,
-        0,
-        float("inf"),
-        -1,
-        0,
-        False,
-    )
+    start_epoch, step, stale_epochs, stopped = 0, 0, 0, False
+    best_score, best_epoch = float("inf"), -1
     all_norms: list[float] = []
     seconds_before = 0.0
     if resume:
@@ -324,6 +319,7 @@ def train(
         if clip_summary["hint"]:
             log(clip_summary["hint"])
         mean_losses = (sums / max(good_steps, 1)).tolist()
+        stats_row = stat.row()
         _append_row(
             out / "history.csv",
             HISTORY_COLUMNS,
@@ -352,13 +348,12 @@ def train(
             {
                 "epoch": epoch + 1,
                 "steps": good_steps,
-                **stat.row(),
+                **stats_row,
                 **clip_summary_row(clip_summary, t.clip),
             },
         )
         stopped = stale_epochs >= t.early_stop_patience
-        _save_last(
-            out,
+        atomic_torch_save(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -381,11 +376,12 @@ def train(
                 "seconds": seconds_before + time.perf_counter() - started,
                 "config": cfg.to_dict(),
             },
+            out / "checkpoints" / "last.pt",
         )
         if not show_bar and not quiet:
             print(
                 f"epoch {epoch + 1}/{t.epochs}  loss {sum(mean_losses):.4g}  "
-                f"lambda {stat.row()['w_rul']:.3f}/{stat.row()['w_health']:.3f}  "
+                f"lambda {stats_row['w_rul']:.3f}/{stats_row['w_health']:.3f}  "
                 f"val_rmse {val['rmse']:.3f}{'  *' if is_best else ''}",
                 file=sys.stderr,
             )
@@ -405,8 +401,9 @@ def train(
         trajectories = _trajectories(model, cfg, data)
     _write_predictions(out / "predictions.csv", data.test, rul_pred, health_pred)
     _write_rows(out / "trajectories.csv", ["unit", "cycle", "true_rul", "pred_rul"], trajectories)
-    np.save(out / "grad_norms.npy.tmp.npy", np.asarray(all_norms, dtype=np.float32))
-    (out / "grad_norms.npy.tmp.npy").replace(out / "grad_norms.npy")
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(all_norms, dtype=np.float32))
+    atomic_write_bytes(out / "grad_norms.npy", buffer.getvalue())
     history = _read_csv(out / "history.csv")
     metrics = {
         "dataset": cfg.data.dataset,
@@ -537,10 +534,6 @@ def _save_best(out: Path, model, ema: ModelEma, data, cfg: Config, epoch: int, v
         },
         out / "checkpoints" / "best.pt",
     )
-
-
-def _save_last(out: Path, state: dict[str, Any]) -> None:
-    atomic_torch_save(state, out / "checkpoints" / "last.pt")
 
 
 def _load_last(out: Path) -> dict[str, Any]:
