@@ -378,8 +378,8 @@ def train(
             },
             out / "checkpoints" / "last.pt",
         )
-        if not show_bar and not quiet:
-            print(
+        if not quiet:
+            tqdm.write(
                 f"epoch {epoch + 1}/{t.epochs}  loss {sum(mean_losses):.4g}  "
                 f"lambda {stats_row['w_rul']:.3f}/{stats_row['w_health']:.3f}  "
                 f"val_rmse {val['rmse']:.3f}{'  *' if is_best else ''}",
