@@ -21,6 +21,8 @@ from grace_rul.errors import GraceError
 
 PRECISIONS = ("32", "bf16", "16")
 PROTOCOLS = ("val", "paper")
+# How each protocol is labelled wherever its numbers are printed (SPEC §7).
+PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
 
 
 @dataclass

@@ -34,7 +34,7 @@ from grace_rul.checkpoint import (
     atomic_write_text,
     load_checkpoint,
 )
-from grace_rul.config import Config, config_from_dict
+from grace_rul.config import PROTOCOL_LABELS, Config, config_from_dict
 from grace_rul.data import load_cmapss, read_cmapss, unit_windows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split, test_metrics
@@ -103,7 +103,6 @@ RUN_FILES = (
 )
 # Settings that may differ on resume: where/how fast it runs, and how long (extending a run).
 RESUME_FREE_KEYS = {"train.device", "train.threads", "data.data_dir", "train.epochs"}
-PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
 
 
 def train(

@@ -27,7 +27,6 @@ FAILURES_FILE = "failures.json"
 LOG_FILE = "sweep.log"
 RUNS_DIR = "runs"
 AXES = ("datasets", "balancers", "seeds")
-PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from grace_rul.checkpoint import atomic_write_text
+from grace_rul.config import PROTOCOL_LABELS
 from grace_rul.errors import GraceError
 from grace_rul.experiments.grid import (
     DONE,
-    PROTOCOL_LABELS,
     cell_dir,
     inspect_cell,
     read_failures,

@@ -14,10 +14,11 @@ from typing import Any
 
 import pandas as pd
 
+from grace_rul.config import PROTOCOL_LABELS
 from grace_rul.reports.loading import RunData, finite
 
-PAPER_LABEL = "test-selected (optimistic)"
-VAL_LABEL = "validation-selected"
+PAPER_LABEL = PROTOCOL_LABELS["paper"]
+VAL_LABEL = PROTOCOL_LABELS["val"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d2330;
