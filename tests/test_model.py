@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grace_rul.config import resolve_config
-from grace_rul.model import build_model, count_parameters
+from grace_rul.model import build_model, count_parameters, predict
 
 
 def test_paper_preset_parameter_counts_and_layer_setting():
@@ -52,3 +52,18 @@ def test_initialisation_he_xavier_orthogonal():
     assert head.weight.abs().max().item() <= bound
     assert head.weight.abs().max().item() > 0.8 * bound
     assert torch.all(model.rul_head.bias == 0)
+
+
+def test_predict_keeps_input_order_across_batches():
+    # Evaluation must never shuffle: prediction i belongs to window i (test unit i).
+    torch.manual_seed(0)
+    model = build_model(resolve_config("tiny").model)
+    x = torch.randn(23, 30, 14)
+    rul, logits = predict(model, x, batch_size=5)
+    model.eval()
+    with torch.no_grad():
+        ref_rul, ref_logits, _ = model(x)
+    assert torch.allclose(rul, ref_rul, atol=1e-5) and torch.allclose(logits, ref_logits, atol=1e-5)
+    rev, _ = predict(model, x.flip(0), batch_size=7)
+    assert torch.allclose(rev.flip(0), rul, atol=1e-5)
+    assert model.training is False  # predict leaves the mode it found

@@ -108,7 +108,8 @@ def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, capsys):
     assert len(history) == 3 and len(rows(out / "gradient_stats.csv")) == 3
     val = [float(r["val_rmse"]) for r in history]
     assert min(val[1:]) < val[0]  # validation improved over the first epoch
-    assert len(rows(out / "predictions.csv")) == 100  # one row per FD001 test unit
+    predictions = rows(out / "predictions.csv")  # one row per FD001 test unit, in unit order
+    assert [int(r["unit"]) for r in predictions] == list(range(1, 101))
     steps = sum(int(r["steps"]) for r in rows(out / "gradient_stats.csv"))
     assert np.load(out / "grad_norms.npy").shape == (steps,)
     best = load(out / "checkpoints" / "best.pt")
