@@ -19,7 +19,8 @@ import yaml
 from grace_rul.data.cmapss import DATASETS
 from grace_rul.errors import GraceError
 
-PRECISIONS = ("32", "bf16", "16")
+PRECISIONS = ("auto", "32", "bf16", "16")
+SELECTIONS = ("last", "all")
 PROTOCOLS = ("val", "paper")
 # How each protocol is labelled wherever its numbers are printed (SPEC §7).
 PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
@@ -36,6 +37,7 @@ class DataConfig:
     critical_rul: int = 30  # health class 2 when RUL <= this
     degrading_rul: int = 80  # health class 1 when critical < RUL <= this, else 0
     val_fraction: float = 0.2  # share of training units held out (whole engines)
+    val_cuts: int = 10  # truncation points per validation unit for the test-like score
     normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
 
 
@@ -70,12 +72,13 @@ class TrainConfig:
     clip_mode: str = "norm"  # norm (joint L2 over all parameters) | value
     ema_decay: float = 0.999
     ema_warmup: bool = False
-    precision: str = "32"  # 32 | bf16 | 16 (fp16 needs CUDA)
+    precision: str = "auto"  # auto | 32 | bf16 | 16 (fp16 needs CUDA)
     deterministic: bool = False
     max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
     spike_factor: float = 3.0  # loss spike when loss > factor x running level
     grad_stats_every: int = 25  # per-task gradient stats every N steps for loss-only balancers
     protocol: str = "val"  # val: select on validation units | paper: select on test (optimistic)
+    select: str = "last"  # last: truncated validation units, last window | all: every window
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
 
@@ -270,6 +273,7 @@ def validate(cfg: Config) -> None:
         f"(got {d.critical_rul}, {d.degrading_rul})",
     )
     need(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1) (got {d.val_fraction})")
+    need(d.val_cuts >= 1, f"data.val_cuts must be >= 1 (got {d.val_cuts})")
     need(
         d.normalization in ("auto", "global", "regime"),
         "data.normalization must be auto, global or regime",
@@ -315,6 +319,7 @@ def validate(cfg: Config) -> None:
     need(t.spike_factor > 1, "train.spike_factor must be > 1")
     need(t.grad_stats_every >= 1, "train.grad_stats_every must be >= 1")
     need(t.protocol in PROTOCOLS, f"train.protocol must be one of {', '.join(PROTOCOLS)}")
+    need(t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}")
     need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     need(t.threads >= 0, "train.threads must be >= 0")
     need(

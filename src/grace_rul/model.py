@@ -8,7 +8,9 @@ Initialisation (done once, in :meth:`DualTaskNet.reset_parameters`): He (Kaiming
 normal for the convolutions and the ReLU fully connected layers, Xavier uniform
 for the attention projections and the two heads, orthogonal recurrent
 (hidden-to-hidden) and Xavier input-to-hidden LSTM weights, zero biases except
-the LSTM forget-gate bias, which starts at 1.
+the LSTM forget-gate bias, which starts at 1 (``bias_ih`` 1, ``bias_hh`` 0: PyTorch adds
+the two), and the RUL head's bias, which starts at the mean training target divided by
+``rul_scale`` so that the first predictions sit at the mean RUL instead of near 0.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ class DualTaskNet(nn.Module):
     """
 
     def __init__(
-        self, n_features: int, cfg: ModelConfig, rul_scale: float = 125.0, n_health: int = 3
+        self,
+        n_features: int,
+        cfg: ModelConfig,
+        rul_scale: float = 125.0,
+        n_health: int = 3,
+        rul_mean: float = 0.0,
     ):
         super().__init__()
         self.rul_scale = float(rul_scale)
+        self.rul_mean = float(rul_mean)
         convs: list[nn.Module] = []
         channels = n_features
         for out in cfg.conv_channels:
@@ -71,6 +79,7 @@ class DualTaskNet(nn.Module):
         for head in self.heads():
             nn.init.xavier_uniform_(head.weight)
             nn.init.zeros_(head.bias)
+        nn.init.constant_(self.rul_head.bias, self.rul_mean / self.rul_scale)
         nn.init.xavier_uniform_(self.attention.in_proj_weight)
         nn.init.zeros_(self.attention.in_proj_bias)
         nn.init.xavier_uniform_(self.attention.out_proj.weight)
@@ -84,7 +93,8 @@ class DualTaskNet(nn.Module):
                 nn.init.xavier_uniform_(p)
             else:
                 nn.init.zeros_(p)
-                p.data[hidden : 2 * hidden] = 1.0  # forget gate (PyTorch gate order i, f, g, o)
+                if name.startswith("bias_ih"):  # forget gate (gate order i, f, g, o)
+                    p.data[hidden : 2 * hidden] = 1.0
 
     def heads(self) -> tuple[nn.Linear, nn.Linear]:
         return (self.rul_head, self.health_head)
@@ -121,9 +131,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0) -> DualTaskNet:
-    """The network for a config (features = 14 informative sensors by default)."""
-    return DualTaskNet(n_features, cfg, rul_scale=max_rul)
+def build_model(
+    cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0, rul_mean: float = 0.0
+) -> DualTaskNet:
+    """The network for a config (features = 14 informative sensors by default).
+
+    ``rul_mean`` (the mean training target, in cycles) sets the RUL head's initial bias.
+    """
+    return DualTaskNet(n_features, cfg, rul_scale=max_rul, rul_mean=rul_mean)
 
 
 @torch.no_grad()

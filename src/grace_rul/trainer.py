@@ -59,6 +59,7 @@ HISTORY_COLUMNS = [
     "loss_rul",
     "loss_health",
     "val_rmse",
+    "val_rmse_last",
     "val_mae",
     "val_nasa_score",
     "val_health_accuracy",
@@ -148,7 +149,12 @@ def train(
         data.train.rul.to(device),
         data.train.health.to(device),
     )
-    model = build_model(cfg.model, n_features=len(data.feature_names), max_rul=cfg.data.max_rul)
+    model = build_model(
+        cfg.model,
+        n_features=len(data.feature_names),
+        max_rul=cfg.data.max_rul,
+        rul_mean=float(data.train.rul.mean()),
+    )
     model.to(device)
     n_params = count_parameters(model)
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.options).to(device)
@@ -212,7 +218,7 @@ def train(
         log(
             f"{cfg.data.dataset}: {len(data.train)} train / {len(data.val)} val windows, "
             f"{len(data.test)} test units; model '{cfg.preset}' with {n_params:,} parameters; "
-            f"balancer {cfg.balancer.name}; device {device.type}; precision {t.precision}"
+            f"balancer {cfg.balancer.name}; device {device.type}; precision {precision.mode}"
         )
     started = time.perf_counter()
     base_wd = t.weight_decay
@@ -299,8 +305,10 @@ def train(
 
         # ---- evaluate with the EMA weights swapped in (and always swapped back)
         with ema.swapped(model):
-            val, _, _ = score_split(model, data.val)
+            val_all, _, _ = score_split(model, data.val)
+            val_last, _, _ = score_split(model, data.val_last)
             test_now = score_split(model, data.test)[0] if t.protocol == "paper" else None
+        val = val_last if t.select == "last" else val_all
         score = test_now["rmse"] if test_now is not None else val["rmse"]
         val_rmse_shown = val["rmse"]
         if warmup is not None and epoch < t.warmup_epochs:
@@ -310,7 +318,8 @@ def train(
         is_best = score < best_score
         if is_best:
             best_score, best_epoch, stale_epochs = score, epoch, 0
-            _save_best(out, model, ema, data, cfg, epoch, val)
+            val_record = {**val, "rmse_all": val_all["rmse"], "rmse_last": val_last["rmse"]}
+            _save_best(out, model, ema, data, cfg, epoch, val_record)
         else:
             stale_epochs += 1
 
@@ -329,7 +338,8 @@ def train(
                 "train_loss": sum(mean_losses),
                 "loss_rul": mean_losses[0],
                 "loss_health": mean_losses[1],
-                "val_rmse": val["rmse"],
+                "val_rmse": val_all["rmse"],
+                "val_rmse_last": val_last["rmse"],
                 "val_mae": val["mae"],
                 "val_nasa_score": val["nasa_score"],
                 "val_health_accuracy": val["health_accuracy"],
@@ -411,6 +421,8 @@ def train(
         "preset": cfg.preset,
         "protocol": t.protocol,
         "protocol_label": PROTOCOL_LABELS[t.protocol],
+        "select": t.select,
+        "precision": precision.mode,
         "val": {k: v for k, v in best["metrics"].items() if k != "confusion"},
         "test": test_metrics(test),
         "best_epoch": best_epoch + 1,

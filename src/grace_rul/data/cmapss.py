@@ -502,7 +502,8 @@ class CMAPSSData:
 
     dataset: str
     train: Split
-    val: Split
+    val: Split  # every window of the validation units
+    val_last: Split  # last windows of validation units cut at seeded random points
     test: Split  # the last window of each test unit, in unit order
     normalizer: Normalizer
     feature_names: tuple[str, ...]
@@ -541,15 +542,47 @@ def load_cmapss(cfg: DataConfig, seed: int) -> CMAPSSData:
     in_val = train_all["unit"].isin(val_units).to_numpy()
     train, val = train_all[~in_val], train_all[in_val]
     normalizer = Normalizer.fit(train, resolve_normalization(cfg.normalization, raw.dataset))
+    val_split = make_windows(normalizer.transform(val), val, cfg.window)
     return CMAPSSData(
         dataset=raw.dataset,
         train=make_windows(normalizer.transform(train), train, cfg.window),
-        val=make_windows(normalizer.transform(val), val, cfg.window),
+        val=val_split,
+        val_last=truncated_windows(val_split, cfg.val_cuts, seed),
         test=make_windows(normalizer.transform(test), test, cfg.window, last_only=True),
         normalizer=normalizer,
         feature_names=SENSORS,
         train_units=train_units,
         val_units=val_units,
+    )
+
+
+def truncated_windows(split: Split, cuts: int, seed: int) -> Split:
+    """Validation built like the test set: each unit cut at ``cuts`` seeded random points.
+
+    A C-MAPSS test unit stops at an unknown cycle before failure and is scored on its
+    last window only. Cutting a validation unit after cycle ``c`` and taking its last
+    window is the same as taking the unit's window that ends at ``c``, so this picks
+    ``cuts`` distinct windows per unit of ``split`` (all of them when the unit has
+    fewer), uniformly among its windows, with ``numpy.random.default_rng(seed)``.
+    Rows stay in unit, then cycle order.
+    """
+    if cuts < 1:
+        raise GraceError(f"cuts must be >= 1 (got {cuts})")
+    units = split.unit.numpy()
+    starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+    ends = np.r_[starts[1:], len(units)]
+    rng = np.random.default_rng(seed)
+    chosen = [
+        np.sort(rng.choice(np.arange(a, b), size=min(cuts, b - a), replace=False))
+        for a, b in zip(starts, ends)
+    ]
+    index = torch.from_numpy(np.concatenate(chosen))
+    return Split(
+        x=split.x[index],
+        rul=split.rul[index],
+        health=split.health[index],
+        unit=split.unit[index],
+        cycle=split.cycle[index],
     )
 
 

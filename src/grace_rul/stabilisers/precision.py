@@ -13,6 +13,8 @@ Per batch::
 
 from __future__ import annotations
 
+import functools
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -21,11 +23,38 @@ from torch import Tensor
 
 from grace_rul.errors import GraceError
 
-MODES = ("32", "bf16", "16")
+MODES = ("auto", "32", "bf16", "16")
+
+
+@functools.cache
+def bf16_native(device_type: str) -> bool:
+    """Whether ``device_type`` computes bfloat16 matrix products in hardware.
+
+    CPU: AVX512-BF16 or AMX tiles (elsewhere PyTorch emulates bf16, several times slower
+    than float32). CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer).
+    Probed once per process.
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_precision(mode: str, device: torch.device | str) -> str:
+    """``auto`` becomes ``bf16`` where the device computes bf16 natively, else ``32``."""
+    if str(mode) != "auto":
+        return str(mode)
+    return "bf16" if bf16_native(torch.device(device).type) else "32"
 
 
 class Precision:
-    """Numeric precision of a training run: ``"32"`` (float32), ``"bf16"`` or ``"16"`` (float16).
+    """Numeric precision of a training run: ``"auto"``, ``"32"``, ``"bf16"`` or ``"16"`` (float16).
+
+    ``auto`` (the default) is bf16 autocast where the device computes bf16 natively
+    (:func:`bf16_native`) and float32 elsewhere. Autocast covers the forward pass only:
+    losses, metrics, balancer weights, the weight EMA and the optimiser state stay float32.
+    An explicit ``bf16`` on a CPU without native bf16 runs (emulated) with a one-line warning.
 
     bf16 autocasts on CPU or CUDA and needs no scaler (bf16 has float32's exponent range).
     float16 is CUDA-only and uses ``torch.amp.GradScaler``: losses are multiplied by ``scale``
@@ -36,11 +65,11 @@ class Precision:
     """
 
     def __init__(self, mode: str = "32", device: torch.device | str = "cpu") -> None:
-        mode = str(mode)
-        if mode not in MODES:
+        if str(mode) not in MODES:
             raise GraceError(f"precision must be one of {', '.join(MODES)} (got {mode!r})")
-        self.mode = mode
         self.device = torch.device(device)
+        mode = resolve_precision(mode, self.device)
+        self.mode = mode
         kind = self.device.type
         if mode == "16" and (kind != "cuda" or not torch.cuda.is_available()):
             raise GraceError(
@@ -52,6 +81,12 @@ class Precision:
                 raise GraceError(f"precision bf16 is supported on cpu and cuda, not {kind}")
             if kind == "cuda" and not torch.cuda.is_bf16_supported():
                 raise GraceError("precision bf16 is not supported by this GPU; use 16 or 32")
+            if kind == "cpu" and not bf16_native("cpu"):
+                warnings.warn(
+                    "precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX), so it is "
+                    "emulated and slower than 32; --precision auto picks the faster one",
+                    stacklevel=2,
+                )
         self.dtype: torch.dtype | None = {
             "32": None,
             "bf16": torch.bfloat16,

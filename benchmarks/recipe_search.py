@@ -1,0 +1,145 @@
+"""Recipe search on validation scores: which training settings give the best model per CPU-minute.
+
+Each variant is a set of config overrides on top of a preset; every (variant, subset,
+seed) is an ordinary run directory under ``--out``. Finished runs are skipped, interrupted
+ones resume from ``last.pt``, so the command can be stopped and started again. One row
+per finished run goes to ``benchmarks/results/recipe_search.csv``.
+
+Decisions use ``val_rmse_last`` (the truncated-validation score the trainer selects on)
+and ``val_rmse_all`` only. The test RMSE is scored once at the end of each run, as every
+run does, and is written to the CSV for the record; it never ranks variants.
+
+    nohup python benchmarks/recipe_search.py --threads 1 > recipe.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from grace_rul.config import resolve_config
+from grace_rul.trainer import train
+
+# name -> (preset, overrides). The first one is the reference.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "small": ("small", {}),
+    "small-select-all": ("small", {"train": {"select": "all"}}),
+    "small-ema0.99": ("small", {"train": {"ema_decay": 0.99, "ema_warmup": False}}),
+    "small-drop0.3": ("small", {"model": {"dropout": 0.3}}),
+    "small-wd1e-2": ("small", {"train": {"weight_decay": 1e-2}}),
+    "small-lr3e-3": ("small", {"train": {"lr": 3e-3}}),
+    "small-win40": ("small", {"data": {"window": 40}}),
+    "small-80ep": (
+        "small",
+        {"train": {"epochs": 80, "plateau_patience": 10, "early_stop_patience": 25}},
+    ),
+}
+COLUMNS = [
+    "variant",
+    "dataset",
+    "seed",
+    "preset",
+    "overrides",
+    "val_rmse_last",
+    "val_rmse_all",
+    "best_epoch",
+    "epochs_run",
+    "seconds",
+    "threads",
+    "test_rmse_last",
+    "test_nasa_score",
+    "commit",
+]
+RESULTS = Path(__file__).resolve().parent / "results" / "recipe_search.csv"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _done_keys() -> set[tuple[str, str, int]]:
+    if not RESULTS.is_file():
+        return set()
+    with open(RESULTS, newline="") as f:
+        return {(r["variant"], r["dataset"], int(r["seed"])) for r in csv.DictReader(f)}
+
+
+def _append(row: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new = not RESULTS.is_file()
+    with open(RESULTS, "a", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--datasets", nargs="*", default=["FD001"])
+    ap.add_argument("--seeds", nargs="*", type=int, default=[42, 123])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/recipe")
+    args = ap.parse_args()
+    done = _done_keys()
+    for seed in args.seeds:
+        for dataset in args.datasets:
+            for name in args.variants:
+                if (name, dataset, seed) in done:
+                    continue
+                preset, overrides = VARIANTS[name]
+                merged = json.loads(json.dumps(overrides))
+                merged.setdefault("data", {})["dataset"] = dataset
+                merged["seed"] = seed
+                merged.setdefault("train", {})["threads"] = args.threads
+                cfg = resolve_config(preset, overrides=merged)
+                out = Path(args.out) / f"{dataset}-{name}-s{seed}"
+                resume = (out / "checkpoints" / "last.pt").is_file()
+                start = time.perf_counter()
+                m = train(cfg, out, resume=resume, overwrite=not resume, quiet=True)
+                history = list(csv.DictReader(open(out / "history.csv", newline="")))
+                best = history[m["best_epoch"] - 1]
+                _append(
+                    {
+                        "variant": name,
+                        "dataset": dataset,
+                        "seed": seed,
+                        "preset": preset,
+                        "overrides": json.dumps(overrides, sort_keys=True),
+                        "val_rmse_last": float(best["val_rmse_last"]),
+                        "val_rmse_all": float(best["val_rmse"]),
+                        "best_epoch": m["best_epoch"],
+                        "epochs_run": m["epochs_run"],
+                        "seconds": m["seconds"],
+                        "threads": args.threads,
+                        "test_rmse_last": m["test"]["rmse_last"],
+                        "test_nasa_score": m["test"]["nasa_score"],
+                        "commit": _commit(),
+                    }
+                )
+                print(
+                    f"{dataset} {name} s{seed}: val_last {float(best['val_rmse_last']):.2f} "
+                    f"({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
