@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +76,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint dict onto the CPU; a missing or unreadable file is a ``GraceError``.
 
-    When the file is not ``best.pt`` and a ``best.pt`` sits beside it, the message offers it.
+    Loaded with ``weights_only=True``: only tensors, plain containers, numbers and
+    strings are accepted, so a file that tries to build any other object (a pickle with
+    a ``__reduce__`` payload) is refused before any of its code runs. When the file is
+    not ``best.pt`` and a ``best.pt`` sits beside it, the message offers it.
     """
     path = Path(path)
     if not path.exists():
@@ -83,19 +87,31 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if path.is_dir():
         raise GraceError(f"checkpoint {path} is a directory, not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch.load raises many types for damaged files
-        lines = str(err).strip().splitlines()
-        reason = lines[0] if lines else type(err).__name__
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise GraceError(
+                f"checkpoint {path} is refused: it holds objects other than tensors and plain "
+                "values (GRACE never unpickles code from a model file)"
+            ) from None
         raise GraceError(
-            f"checkpoint {path} is corrupt or truncated: {reason}{_offer_best(path)}"
-        ) from err
+            f"checkpoint {path} is corrupt or truncated: {_first_line(err)}{_offer_best(path)}"
+        ) from None
+    except Exception as err:  # torch.load raises many types for damaged files
+        raise GraceError(
+            f"checkpoint {path} is corrupt or truncated: {_first_line(err)}{_offer_best(path)}"
+        ) from None
     if not isinstance(obj, dict):
         raise GraceError(
             f"checkpoint {path} is not a GRACE checkpoint (holds a {type(obj).__name__}, "
             f"expected a dict){_offer_best(path)}"
         )
     return obj
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _offer_best(path: Path) -> str:
