@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from grace_rul.config import DataConfig
 from grace_rul.data import (
     COLUMNS,
     SENSORS,
     SHA256,
+    DataConfig,
     Normalizer,
     add_labels,
     bundled_dir,

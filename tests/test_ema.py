@@ -47,7 +47,7 @@ def test_hand_computed_after_one_and_two_updates():
 def _train_step(model, opt, ema, x, y, ema_first: bool = False) -> list[torch.Tensor]:
     """One step of a training loop; returns the shadow before the EMA update.
 
-    The correct order (SPEC §5) is optimizer.step() THEN ema.update(model).
+    The correct order (docs/design.md §5) is optimizer.step() THEN ema.update(model).
     """
     old = [s.clone() for s in ema.shadow]
     opt.zero_grad()

@@ -45,13 +45,14 @@ def test_initialisation_he_xavier_orthogonal():
         assert torch.allclose(gate @ gate.T, torch.eye(hidden), atol=1e-4)
     assert torch.all(model.lstm.bias_ih_l0[hidden : 2 * hidden] == 1.0)  # forget gate
     assert torch.all(model.lstm.bias_ih_l0[:hidden] == 0.0)
+    assert torch.all(model.lstm.bias_hh_l0 == 0.0)  # so the effective forget bias is 1
     fc = model.fc[0]  # He normal: std = sqrt(2 / fan_in)
     assert fc.weight.std().item() == pytest.approx((2 / fc.in_features) ** 0.5, rel=0.05)
     head = model.health_head  # Xavier uniform: |w| <= sqrt(6 / (fan_in + fan_out))
     bound = (6 / (head.in_features + head.out_features)) ** 0.5
     assert head.weight.abs().max().item() <= bound
     assert head.weight.abs().max().item() > 0.8 * bound
-    assert torch.all(model.rul_head.bias == 0)
+    assert torch.all(model.rul_head.bias == 0)  # set from data by init_rul_bias
 
 
 def test_predict_keeps_input_order_across_batches():

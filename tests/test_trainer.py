@@ -16,19 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-import grace_rul.trainer as trainer_mod
-from grace_rul.balancers import BALANCERS
-from grace_rul.cli import main
+from conftest import QUIET, tiny_config
+from grace_rul.balancers import BALANCERS, balance_backward
 from grace_rul.config import resolve_config
+from grace_rul.data import load_cmapss
+from grace_rul.errors import GraceError
+from grace_rul.losses import task_losses
 from grace_rul.model import build_model
-from grace_rul.stabilisers import ModelEma, seed_everything
-from grace_rul.trainer import train, weight_decay_factor
+from grace_rul.stabilisers import GradClipper, ModelEma, seed_everything
+from grace_rul.trainer import RUL_BIAS_WINDOWS, train, weight_decay_factor
 
-torch.set_num_threads(1)
-
-
-def tiny(**train):
-    return resolve_config("tiny", overrides={"train": {"threads": 1, **train}})
+tiny = tiny_config
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -37,12 +35,19 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def components(path: Path) -> dict:
+    return load(path)["components"]
 
 
 def initial_weights(cfg) -> dict[str, torch.Tensor]:
     seed_everything(cfg.seed)
-    return build_model(cfg.model, max_rul=cfg.data.max_rul).state_dict()
+    data = load_cmapss(cfg.data, cfg.seed)
+    model = build_model(cfg.model, max_rul=cfg.data.max_rul)
+    model.init_rul_bias(data.train.x[:RUL_BIAS_WINDOWS], float(data.train.rul.mean()))
+    return model.state_dict()
 
 
 def test_cadence_clip_step_ema_and_swapped_evaluation(tmp_path, monkeypatch):
@@ -59,7 +64,7 @@ def test_cadence_clip_step_ema_and_swapped_evaluation(tmp_path, monkeypatch):
         monkeypatch.setattr(cls, name, wrapper)
 
     spy(torch.optim.AdamW, "step", "step")
-    spy(trainer_mod.GradClipper, "clip", "clip")
+    spy(GradClipper, "clip", "clip")
     spy(ModelEma, "update", "ema")
     spy(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", "plateau")
     orig_swapped = ModelEma.swapped
@@ -76,23 +81,25 @@ def test_cadence_clip_step_ema_and_swapped_evaluation(tmp_path, monkeypatch):
         restored.append(all(torch.equal(before[k], after[k]) for k in before))
 
     monkeypatch.setattr(ModelEma, "swapped", swapped)
-    train(tiny(epochs=3), tmp_path / "run", quiet=True)
+    train(tiny(epochs=3), tmp_path / "run", execution=QUIET)
 
     # Per batch: clip -> optimiser step -> EMA update, never another order.
     batch_events = [e for e in events if e in ("clip", "step", "ema")]
     assert batch_events == ["clip", "step", "ema"] * (len(batch_events) // 3)
-    # Per epoch: evaluate (weights swapped back), then the plateau scheduler once.
+    # Per epoch: evaluate (weights swapped back), then the plateau scheduler once, and only
+    # from the first epoch after warmup (tiny: 1 warmup epoch, so epoch indices 1 and 2).
     epoch_events = [e for e in events if e in ("eval", "plateau")]
-    assert epoch_events[:6] == ["eval", "plateau"] * 3
-    assert events.count("plateau") == 3
+    assert epoch_events[:5] == ["eval", "eval", "plateau", "eval", "plateau"]
+    assert events.count("plateau") == 2
     assert restored[:3] == [True, True, True]
 
 
-def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, capsys):
+def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, cli):
     out = tmp_path / "fd001"
     args = ["train", "--dataset", "FD001", "--preset", "small", "--epochs", "3"]
-    assert main([*args, "--out", str(out), "--quiet", "--threads", "2"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    done = cli(*args, "--out", out, "--quiet", "--threads", "2")
+    assert done.code == 0
+    printed = json.loads(done.out)
     assert printed["params"] > 0
     for name in (
         "config.yaml", "metrics.json", "history.csv", "gradient_stats.csv", "grad_norms.npy",
@@ -114,23 +121,24 @@ def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, capsys):
     assert np.load(out / "grad_norms.npy").shape == (steps,)
     best = load(out / "checkpoints" / "best.pt")
     assert {"model", "ema", "inference", "normalizer", "config"} <= set(best)
+    assert "threads" not in best["config"]["train"] and "data_dir" not in best["config"]["data"]
 
-    assert main(["evaluate", "--checkpoint", str(out / "checkpoints" / "best.pt")]) == 0
-    evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["test"] == metrics["test"]
+    evaluated = cli("evaluate", "--checkpoint", out / "checkpoints" / "best.pt")
+    assert evaluated.code == 0
+    assert json.loads(evaluated.out)["test"] == metrics["test"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no step ran
-def test_nan_loss_steps_are_skipped_and_leave_no_trace(tmp_path, monkeypatch):
-    orig = trainer_mod.task_losses
-    monkeypatch.setattr(trainer_mod, "task_losses", lambda *a: orig(*a) * float("nan"))
+def test_nan_loss_steps_are_skipped_and_leave_no_trace(tmp_path):
     cfg = tiny(epochs=1, max_bad_steps=10_000)
-    metrics = train(cfg, tmp_path / "run", quiet=True)
+    metrics = train(
+        cfg, tmp_path / "run", execution=QUIET, loss_fn=lambda *a: task_losses(*a) * float("nan")
+    )
     steps = -(-int(0.8 * 14_070) // cfg.train.batch_size)
     assert metrics["stability"]["skipped_steps"] >= steps - 1
     assert metrics["stability"]["first_bad_step"]["epoch"] == 1
     assert "loss" in metrics["stability"]["first_bad_step"]["what"]
-    last = load(tmp_path / "run" / "checkpoints" / "last.pt")
+    last = components(tmp_path / "run" / "checkpoints" / "last.pt")
     init = initial_weights(cfg)
     assert all(torch.equal(last["model"][k], init[k]) for k in init)  # weights untouched
     assert last["optimizer"]["state"] == {}  # optimiser untouched
@@ -140,59 +148,88 @@ def test_nan_loss_steps_are_skipped_and_leave_no_trace(tmp_path, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no step ran
-def test_inf_gradient_steps_are_skipped_and_leave_no_trace(tmp_path, monkeypatch):
-    orig = trainer_mod.balance_backward
-
+def test_inf_gradient_steps_are_skipped_and_leave_no_trace(tmp_path):
     def poisoned(balancer, losses, shared, heads, **kw):
-        result = orig(balancer, losses, shared, heads, **kw)
+        result = balance_backward(balancer, losses, shared, heads, **kw)
         shared[0].grad = torch.full_like(shared[0], float("inf"))
         return result
 
-    monkeypatch.setattr(trainer_mod, "balance_backward", poisoned)
     cfg = tiny(epochs=1, max_bad_steps=10_000)
-    metrics = train(cfg, tmp_path / "run", quiet=True)
+    metrics = train(cfg, tmp_path / "run", execution=QUIET, backward_fn=poisoned)
     assert metrics["stability"]["first_bad_step"]["what"] == "gradients"
-    last = load(tmp_path / "run" / "checkpoints" / "last.pt")
+    last = components(tmp_path / "run" / "checkpoints" / "last.pt")
     init = initial_weights(cfg)
     assert all(torch.equal(last["model"][k], init[k]) for k in init)
     assert last["optimizer"]["state"] == {}
     assert last["balancer"]["step"].item() == 0  # GABA's EMA step restored after the skip
 
 
-def test_repeated_non_finite_steps_stop_with_one_line(tmp_path, monkeypatch, capsys):
-    orig = trainer_mod.task_losses
-    monkeypatch.setattr(trainer_mod, "task_losses", lambda *a: orig(*a) * float("nan"))
-    code = main(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--max-bad-steps",
-            "3",
-            "--out",
-            str(tmp_path / "r"),
-            "--quiet",
-        ]
+def test_repeated_non_finite_steps_stop_with_one_line(tmp_path):
+    with pytest.raises(GraceError) as caught:
+        train(
+            tiny(max_bad_steps=3),
+            tmp_path / "r",
+            execution=QUIET,
+            loss_fn=lambda *a: task_losses(*a) * float("nan"),
+        )
+    message = str(caught.value)
+    assert "consecutive" in message and "\n" not in message
+
+
+def test_clipping_sees_the_model_parameters_only(tmp_path, monkeypatch):
+    """Learnable balancer parameters (uncertainty's log-variances) are not in the clip norm."""
+    clipped: list[set[int]] = []
+    orig = GradClipper.clip
+
+    def spy(self, params):
+        params = list(params)
+        clipped.append({id(p) for p in params})
+        return orig(self, params)
+
+    monkeypatch.setattr(GradClipper, "clip", spy)
+    cfg = resolve_config(
+        "tiny", overrides={"train": {"epochs": 1}, "balancer": {"name": "uncertainty"}}
     )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "consecutive" in err[0]
+    train(cfg, tmp_path / "run", execution=QUIET)
+    model = build_model(cfg.model)
+    assert clipped and all(len(ids) == len(list(model.parameters())) for ids in clipped)
+    log_var = components(tmp_path / "run" / "checkpoints" / "last.pt")["balancer"]["log_var"]
+    assert not torch.equal(log_var, torch.zeros(2))  # still trained, just not clipped
 
 
-def test_lr_warmup_and_weight_decay_schedule(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_rul_head_starts_at_the_mean_training_target(preset):
+    cfg = resolve_config(preset)
+    data = load_cmapss(cfg.data, cfg.seed)
+    mean = float(data.train.rul.mean())
+    model = build_model(cfg.model, max_rul=cfg.data.max_rul)
+    x = data.train.x[:RUL_BIAS_WINDOWS]
+    model.init_rul_bias(x, mean)
+    with torch.no_grad():
+        after = float(model.eval()(x)[0].mean())
+        held_out = float(model(data.val.x[:512])[0].mean())
+    assert after == pytest.approx(mean, abs=1e-3)
+    assert abs(held_out - mean) < 15  # not fitted to those windows only
+    assert 60 < mean < 110
+
+
+def test_lr_warmup_and_weight_decay_schedule(tmp_path):
     assert weight_decay_factor(((100, 0.5), (200, 0.1)), 99) == 1.0
     assert weight_decay_factor(((100, 0.5), (200, 0.1)), 100) == 0.5
     assert weight_decay_factor(((100, 0.5), (200, 0.1)), 250) == 0.1
-    # The GRACE balancer's schedule is applied by the trainer (milestones moved forward).
-    grace_cls = trainer_mod.build_balancer("grace").__class__
-    monkeypatch.setattr(grace_cls, "weight_decay_schedule", ((1, 0.5), (2, 0.1)))
+    # The schedule is a training setting applied by the trainer (milestones moved forward).
     cfg = resolve_config(
         "tiny",
         overrides={
-            "train": {"epochs": 4, "warmup_epochs": 3, "threads": 1},
+            "train": {
+                "epochs": 4,
+                "warmup_epochs": 3,
+                "weight_decay_schedule": [[1, 0.5], [2, 0.1]],
+            },
             "balancer": {"name": "grace"},
         },
     )
-    train(cfg, tmp_path / "run", quiet=True)
+    train(cfg, tmp_path / "run", execution=QUIET)
     history = rows(tmp_path / "run" / "history.csv")
     lr0 = cfg.train.lr
     lrs = [float(r["lr"]) for r in history]
@@ -202,21 +239,34 @@ def test_lr_warmup_and_weight_decay_schedule(tmp_path, monkeypatch):
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
-    a = train(tiny(epochs=1), tmp_path / "a", quiet=True)
-    b = train(tiny(epochs=1), tmp_path / "b", quiet=True)
+    a = train(tiny(epochs=1), tmp_path / "a", execution=QUIET)
+    b = train(tiny(epochs=1), tmp_path / "b", execution=QUIET)
     a.pop("seconds"), b.pop("seconds")
     assert a == b
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    metrics = train(tiny(epochs=1, precision="bf16"), tmp_path / "run", quiet=True)
+    with pytest.warns(UserWarning, match="emulated") if not _bf16_native() else _no_warning():
+        metrics = train(tiny(epochs=1, precision="bf16"), tmp_path / "run", execution=QUIET)
+    assert metrics["precision"] == "bf16"
     assert np.isfinite(metrics["test"]["rmse_last"])
     assert metrics["stability"]["skipped_steps"] == 0
 
 
+def _bf16_native() -> bool:
+    from grace_rul.stabilisers.precision import bf16_native
+
+    return bf16_native("cpu")
+
+
+@contextlib.contextmanager
+def _no_warning():
+    yield
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "grace_rul.cli", "train", "--preset", "tiny", "--threads", "1",
-            "--deterministic", "--quiet", *args]  # fmt: skip
+            "--set", "train.deterministic=true", "--quiet", *args]  # fmt: skip
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
@@ -238,7 +288,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     subprocess.run(_cli("--epochs", epochs, "--out", str(killed), "--resume"), env=env, check=True)
     subprocess.run(_cli("--epochs", epochs, "--out", str(straight)), env=env, check=True)
 
-    a, b = load(straight / "checkpoints" / "last.pt"), load(killed / "checkpoints" / "last.pt")
+    a = components(straight / "checkpoints" / "last.pt")
+    b = components(killed / "checkpoints" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(
         torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]) for k in a["ema"]["shadow"]
@@ -254,17 +305,16 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert ma["test"] == mb["test"]
 
 
-def test_resume_refuses_other_settings_and_reports_missing_last(tmp_path, capsys):
+def test_resume_refuses_other_settings_and_reports_missing_last(tmp_path, cli):
     out = tmp_path / "run"
-    assert main(["train", "--preset", "tiny", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
-    capsys.readouterr()
-    code = main(["train", "--preset", "tiny", "--dataset", "FD002", "--out", str(out), "--resume"])
-    err = capsys.readouterr().err
-    assert code == 2 and "data.dataset" in err
+    assert cli("train", "--preset", "tiny", "--epochs", "1", "--out", out, "--quiet").code == 0
+    # Execution settings (threads, device, data directory) are free to change on resume.
+    differ = cli("train", "--preset", "tiny", "--dataset", "FD002", "--threads", "2",
+                 "--out", out, "--resume")  # fmt: skip
+    assert differ.code == 2 and "data.dataset" in differ.err and "threads" not in differ.err
     (out / "checkpoints" / "last.pt").unlink()
-    code = main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--epochs", "2"])
-    err = capsys.readouterr().err
-    assert code == 2 and "last.pt" in err and "best.pt" in err
+    missing = cli("train", "--preset", "tiny", "--out", out, "--resume", "--epochs", "2")
+    assert missing.code == 2 and "last.pt" in missing.err and "best.pt" in missing.err
 
 
 @pytest.mark.parametrize(
@@ -272,31 +322,29 @@ def test_resume_refuses_other_settings_and_reports_missing_last(tmp_path, capsys
     [
         (["--lr", "-0.1"], "train.lr"),
         (["--balancer", "nope"], "unknown balancer 'nope'"),
-        (["--window", "400"], "longer than every training unit"),
-        (["--balancer", "gaba", "--balancer-opt", "floor=0.7"], "floor"),
+        (["--set", "data.window=400"], "longer than every training unit"),
+        (["--balancer", "gaba", "--set", "balancer.options.floor=0.7"], "floor"),
+        (["--set", "train.lrr=0.1"], "did you mean: train.lr"),
+        (["--set", "train.epochs=many"], "'train.epochs' has an invalid value"),
+        (["--set", "train.epochs"], "expects KEY=VALUE"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, words):
-    code = main(["train", "--preset", "tiny", "--out", str(tmp_path / "r"), "--quiet", *args])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and words in err[0] and err[0].startswith("grace: error:")
+def test_bad_input_is_one_line_and_exit_2(tmp_path, cli, args, words):
+    done = cli("train", "--preset", "tiny", "--out", tmp_path / "r", "--quiet", *args)
+    assert done.code == 2 and len(done.err_lines) == 1 and words in done.err_lines[0]
+    assert done.err_lines[0].startswith("grace: error:")
 
 
-def test_non_empty_out_and_corrupt_data_dir(tmp_path, capsys):
+def test_non_empty_out_and_corrupt_data_dir(tmp_path, cli):
     out = tmp_path / "r"
     out.mkdir()
     (out / "something").write_text("keep me")
-    assert main(["train", "--preset", "tiny", "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert cli("train", "--preset", "tiny", "--out", out).code == 2
     assert (out / "something").read_text() == "keep me"
     data = tmp_path / "data"
     data.mkdir()
-    assert (
-        main(["train", "--preset", "tiny", "--data-dir", str(data), "--out", str(tmp_path / "x")])
-        == 2
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not found" in err[0]
+    done = cli("train", "--preset", "tiny", "--data-dir", data, "--out", tmp_path / "x")
+    assert done.code == 2 and len(done.err_lines) == 1 and "not found" in done.err_lines[0]
 
 
 @pytest.mark.parametrize("name", sorted(BALANCERS))
@@ -304,17 +352,14 @@ def test_every_balancer_trains_on_real_fd001(tmp_path, name):
     options = {"weights": [0.7, 0.3]} if name == "fixed" else {}
     cfg = resolve_config(
         "tiny",
-        overrides={
-            "train": {"epochs": 1, "threads": 1},
-            "balancer": {"name": name, "options": options},
-        },
+        overrides={"train": {"epochs": 1}, "balancer": {"name": name, "options": options}},
     )
-    metrics = train(cfg, tmp_path / name, quiet=True)
+    metrics = train(cfg, tmp_path / name, execution=QUIET)
     assert np.isfinite(metrics["test"]["rmse_last"]) and metrics["balancer"] == name
     stats = rows(tmp_path / name / "gradient_stats.csv")[0]
     assert float(stats["gnorm_rul"]) > 0 and float(stats["gnorm_health"]) > 0  # logged for all
     assert float(stats["w_rul"]) > 0
-    last = load(tmp_path / name / "checkpoints" / "last.pt")
+    last = components(tmp_path / name / "checkpoints" / "last.pt")
     learnable = {"uncertainty": "log_var", "gradnorm": "task_weights"}
     if name in learnable:  # balancer parameters are in the optimiser and move
         assert not torch.allclose(

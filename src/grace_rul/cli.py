@@ -1,7 +1,9 @@
 """The ``grace`` command line: train, evaluate, sweep, table, report.
 
-Every user-facing problem ends as one line on stderr and exit status 2;
-no traceback reaches the user.
+Every setting of a run is reachable from ``grace train`` as ``--set KEY=VALUE`` (see
+:mod:`grace_rul.config`); the named flags are aliases for the most used keys. Every
+user-facing problem ends as one line on stderr and exit status 2; no traceback reaches
+the user.
 """
 
 from __future__ import annotations
@@ -10,100 +12,39 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from grace_rul.errors import GraceError
 from grace_rul.experiments.commands import add_sweep_parser, add_table_parser
 from grace_rul.reports.commands import add_report_parser
 
-
-def _balancer_option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
-    key, value = text.split("=", 1)
-    import yaml
-
-    return key.strip(), yaml.safe_load(value)
+TRAIN_ALIASES = (
+    "dataset", "balancer", "seed", "epochs", "batch_size", "lr", "precision", "protocol",
+)  # fmt: skip
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from grace_rul.config import DATASETS, PRECISIONS, PRESETS, PROTOCOLS
+    from grace_rul.config import add_execution_arguments, add_setting_arguments
 
     p = sub.add_parser(
         "train",
         help="train one run on a C-MAPSS subset",
         description="Train the dual-task RUL + health network on one C-MAPSS subset. "
-        "Settings resolve as: preset < --config YAML < flags.",
+        "Settings resolve as: preset < --config YAML < --set and the named flags. "
+        "--balancer grace is GABA plus GRACE's adaptive weight-decay schedule "
+        "(train.weight_decay_schedule [[100, 0.5], [200, 0.1]]).",
     )
-    p.add_argument(
-        "--dataset", type=str.upper, choices=DATASETS, help="C-MAPSS subset (default FD001)"
-    )
-    p.add_argument("--preset", choices=list(PRESETS), help="model/training preset (default paper)")
-    p.add_argument("--balancer", help="loss balancer, e.g. equal, gaba, grace (see README for all)")
-    p.add_argument(
-        "--balancer-opt",
-        action="append",
-        type=_balancer_option,
-        default=[],
-        metavar="KEY=VALUE",
-        help="balancer option, repeatable (e.g. beta=0.99, weights=[0.7,0.3])",
-    )
-    p.add_argument(
-        "--grad-source",
-        choices=["params", "representation"],
-        help="task gradients w.r.t. shared parameters (exact) or the shared representation",
-    )
-    p.add_argument("--config", help="YAML file with config overrides")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lstm-layers", type=int, help="BiLSTM layers (paper preset: 2)")
-    p.add_argument("--window", type=int, help="window length in cycles (default 30)")
-    p.add_argument("--seed", type=int, help="seed for every RNG (default 42)")
-    p.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        help="val: select on validation units (default); paper: select on test (optimistic)",
-    )
-    p.add_argument("--clip", type=float, help="gradient clip threshold (default 1.0)")
-    p.add_argument(
-        "--clip-mode", choices=["norm", "value"], help="joint L2 norm (default) or per value"
-    )
-    p.add_argument("--ema-decay", type=float, help="weight-EMA decay (default 0.999)")
-    p.add_argument(
-        "--ema-warmup",
-        action=argparse.BooleanOptionalAction,
-        help="EMA decay warmup min(decay, (1+t)/(10+t)) (on in small/tiny presets)",
-    )
-    p.add_argument(
-        "--precision", choices=PRECISIONS, help="32 (default), bf16 autocast, 16 (CUDA + scaler)"
-    )
-    p.add_argument(
-        "--deterministic", action="store_true", default=None, help="deterministic algorithms"
-    )
-    p.add_argument(
-        "--max-bad-steps", type=int, help="stop after this many consecutive non-finite steps"
-    )
-    p.add_argument(
-        "--spike-factor", type=float, help="loss spike threshold over the running level (3.0)"
-    )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files (default: bundled)"
-    )
+    add_setting_arguments(p, TRAIN_ALIASES)
+    add_execution_arguments(p)
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from grace_rul.config import load_yaml, resolve_config
+    from grace_rul.config import execution_from_args, load_yaml, resolve_config, settings_from_args
     from grace_rul.trainer import train
 
     yaml_cfg = load_yaml(args.config) if args.config else {}
@@ -111,36 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Resuming without a config file: start from the saved config, flags still override.
         saved = Path(args.out) / "config.yaml"
         yaml_cfg = load_yaml(saved) if saved.is_file() else {}
-    options = dict(args.balancer_opt)
-    overrides = {
-        "seed": args.seed,
-        "data": {"dataset": args.dataset, "window": args.window, "data_dir": args.data_dir},
-        "model": {"lstm_layers": args.lstm_layers},
-        "train": {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "protocol": args.protocol,
-            "clip": args.clip,
-            "clip_mode": args.clip_mode,
-            "ema_decay": args.ema_decay,
-            "ema_warmup": args.ema_warmup,
-            "precision": args.precision,
-            "deterministic": args.deterministic,
-            "max_bad_steps": args.max_bad_steps,
-            "spike_factor": args.spike_factor,
-            "device": args.device,
-            "threads": args.threads,
-        },
-        "balancer": {
-            "name": args.balancer,
-            "grad_source": args.grad_source,
-            "options": options or None,
-        },
-    }
-    cfg = resolve_config(args.preset, yaml_cfg, overrides)
-    metrics = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    cfg = resolve_config(args.preset, yaml_cfg, settings_from_args(args))
+    metrics = train(
+        cfg,
+        args.out,
+        execution=execution_from_args(args),
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     print(
         json.dumps(
             {

@@ -1,14 +1,24 @@
-"""One typed configuration for a GRACE run.
+"""One typed configuration for a GRACE run, and the command line that sets it.
 
-Values are resolved in one order: dataclass defaults (the SPEC's defaults and the
-``paper`` model) < preset < YAML file (``--config``) < command-line flags.
-The resolved config is written to every run directory as ``config.yaml`` and
-stored inside every checkpoint.
+Values are resolved in one order: dataclass defaults (the write-up's training defaults and
+the ``paper`` model) < preset < YAML file (``--config``) < ``--set key=value`` and the named
+flags that alias the most used keys. Every key is reachable as ``--set section.key=value``
+(``--set balancer.options.beta=0.95``); values are parsed as YAML scalars or lists and
+coerced to the type of the default, so ``--set train.lr=5e-4`` is a float and an unknown
+key is refused with the nearest known names. A key added to a dataclass below is a setting
+of ``grace train`` and ``grace sweep`` without touching the CLI.
+
+:class:`Config` is what a run *is*: it is written to every run directory as
+``config.yaml``, stored in every checkpoint and compared on resume. :class:`Execution`
+is how it runs (device, threads, data directory, progress output): never saved, free to
+change between a run and its resume.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,34 +26,34 @@ from typing import Any
 
 import yaml
 
-from grace_rul.data.cmapss import DATASETS
+from grace_rul.balancers.engine import GRAD_SOURCES
+from grace_rul.balancers.grace import GRACE_WEIGHT_DECAY_SCHEDULE
+from grace_rul.data.cmapss import DATASETS, DataConfig
 from grace_rul.errors import GraceError
+from grace_rul.metrics import PROTOCOL_LABELS, PROTOCOLS, SELECTIONS
+from grace_rul.stabilisers.clipping import MODES as CLIP_MODES
+from grace_rul.stabilisers.precision import MODES as PRECISIONS
 
-PRECISIONS = ("auto", "32", "bf16", "16")
-SELECTIONS = ("last", "all")
-PROTOCOLS = ("val", "paper")
-# How each protocol is labelled wherever its numbers are printed (SPEC §7).
-PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
-
-
-@dataclass
-class DataConfig:
-    """The C-MAPSS data contract: subset, windows, label caps, split and scaling."""
-
-    dataset: str = "FD001"
-    data_dir: str | None = None  # None: the copy bundled inside the package
-    window: int = 30
-    max_rul: int = 125
-    critical_rul: int = 30  # health class 2 when RUL <= this
-    degrading_rul: int = 80  # health class 1 when critical < RUL <= this, else 0
-    val_fraction: float = 0.2  # share of training units held out (whole engines)
-    val_cuts: int = 10  # truncation points per validation unit for the test-like score
-    normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
+__all__ = [
+    "DATASETS",
+    "PRESETS",
+    "PROTOCOL_LABELS",
+    "BalancerConfig",
+    "Config",
+    "DataConfig",
+    "Execution",
+    "ModelConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "load_yaml",
+    "resolve_config",
+]
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class ModelConfig:
-    """Dual-task network shape (SPEC §2); the defaults are the ``paper`` preset."""
+    """Dual-task network shape (docs/design.md §2); the defaults are the ``paper`` preset."""
 
     conv_channels: list[int] = field(default_factory=lambda: [32, 64, 32])
     kernel_size: int = 3
@@ -56,7 +66,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser, schedules, stabilisers and protocol (SPEC §5)."""
+    """Optimiser, schedules, stabilisers and protocol (docs/design.md §5)."""
 
     epochs: int = 500
     batch_size: int = 256
@@ -68,8 +78,9 @@ class TrainConfig:
     plateau_patience: int = 30
     min_lr: float = 5e-6
     early_stop_patience: int = 80
+    weight_decay_schedule: list[list[float]] = field(default_factory=list)  # [[epoch, factor]]
     clip: float = 1.0
-    clip_mode: str = "norm"  # norm (joint L2 over all parameters) | value
+    clip_mode: str = "norm"  # norm (joint L2 over the model's parameters) | value
     ema_decay: float = 0.999
     ema_warmup: bool = False
     precision: str = "auto"  # auto | 32 | bf16 | 16 (fp16 needs CUDA)
@@ -79,8 +90,6 @@ class TrainConfig:
     grad_stats_every: int = 25  # per-task gradient stats every N steps for loss-only balancers
     protocol: str = "val"  # val: select on validation units | paper: select on test (optimistic)
     select: str = "last"  # last: truncated validation units, last window | all: every window
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
 
 
 @dataclass
@@ -110,8 +119,25 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+@dataclass
+class Execution:
+    """How a run executes, not what it is: never saved, free to differ on resume."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    data_dir: str | None = None  # the twelve C-MAPSS *.txt.gz files; None: the bundled copy
+    progress: bool | None = None  # a bar per epoch; None: when stderr is a terminal
+    quiet: bool = False  # no per-epoch lines or event echo on stderr (events.log still written)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise GraceError(f"device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+        if self.threads < 0:
+            raise GraceError(f"threads must be >= 0 (got {self.threads})")
+
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The network of the write-up, SPEC defaults for training.
+    # The network of the write-up, the write-up's training defaults (docs/design.md §5).
     "paper": {},
     # A CPU-sized network that trains FD001 to a useful result in a few minutes.
     "small": {
@@ -146,15 +172,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def config_keys(cfg: Any | None = None, where: str = "") -> list[str]:
+    """Every dotted key of the config (``train.lr``, ``balancer.options``, ...)."""
+    cfg = Config() if cfg is None else cfg
+    keys: list[str] = []
+    for f in fields(cfg):
+        name = f"{where}.{f.name}" if where else f.name
+        value = getattr(cfg, f.name)
+        keys += config_keys(value, name) if dataclasses.is_dataclass(value) else [name]
+    return keys
+
+
 def _merge(target: Any, updates: dict[str, Any], where: str) -> None:
-    """Apply nested ``updates`` onto dataclass ``target`` in place, refusing unknown keys."""
+    """Apply nested ``updates`` onto dataclass ``target`` in place, refusing unknown keys.
+
+    ``None`` values are skipped, so unset command-line flags never clobber the YAML.
+    """
     if not isinstance(updates, dict):
         raise GraceError(f"config: '{where or 'top level'}' must be a mapping, got {updates!r}")
-    known = {f.name: f for f in fields(target)}
+    known = {f.name for f in fields(target)}
     for key, value in updates.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in known:
-            raise GraceError(f"config: unknown key '{name}' (known: {', '.join(known)})")
+            near = difflib.get_close_matches(name, config_keys(), n=4, cutoff=0.6)
+            hint = f"did you mean: {', '.join(near)}" if near else f"known: {', '.join(known)}"
+            raise GraceError(f"config: unknown key '{name}' ({hint})")
+        if value is None:
+            continue
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, name)
@@ -168,8 +212,6 @@ def _merge(target: Any, updates: dict[str, Any], where: str) -> None:
 
 def _coerce(current: Any, value: Any, name: str) -> Any:
     """Convert ``value`` to the type of the default ``current`` (YAML and flags give strings)."""
-    if value is None:
-        return None
     try:
         if isinstance(current, bool):
             if isinstance(value, str):
@@ -178,12 +220,16 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
+            if not isinstance(value, (bool, int)):
+                raise ValueError(value)
             return bool(value)
         if isinstance(current, int):
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if isinstance(current, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         if isinstance(current, list):
             if not isinstance(value, (list, tuple)):
@@ -191,6 +237,8 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
             kind = type(current[0]) if current else None
             return [kind(v) if kind else v for v in value]
         if isinstance(current, str) or current is None:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
             return str(value)
     except (TypeError, ValueError):
         raise GraceError(f"config: '{name}' has an invalid value {value!r}") from None
@@ -211,32 +259,56 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merge_overrides(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """Deep-merge nested override dicts, later layers winning; ``None`` values are dropped."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, dict):
+                merged = merge_overrides(out.get(key) if isinstance(out.get(key), dict) else {},
+                                         value)  # fmt: skip
+                if merged:
+                    out[key] = merged
+            elif value is not None:
+                out[key] = value
+    return out
+
+
 def resolve_config(
     preset: str | None = None,
     yaml_overrides: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Config:
-    """Build a validated :class:`Config`: defaults < preset < YAML < flag overrides.
+    """Build a validated :class:`Config`: defaults < preset < YAML < overrides.
 
-    ``overrides`` are nested dicts like ``{"train": {"epochs": 3}}``; ``None`` values
-    are ignored so unset CLI flags never clobber the YAML.
+    Both override layers are nested dicts like ``{"train": {"epochs": 3}}``. The
+    ``grace`` balancer brings GRACE's adaptive weight-decay schedule unless the
+    configuration sets ``train.weight_decay_schedule`` itself.
     """
-    yaml_overrides = dict(yaml_overrides or {})
-    name = preset or yaml_overrides.pop("preset", None) or "paper"
-    yaml_overrides.pop("preset", None)
+    layers = merge_overrides(yaml_overrides, overrides)
+    name = preset or layers.pop("preset", None) or "paper"
+    layers.pop("preset", None)
     if name not in PRESETS:
         raise GraceError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})")
     cfg = Config(preset=name)
     _merge(cfg, PRESETS[name], "")
-    _merge(cfg, yaml_overrides, "")
-    _merge(cfg, _drop_none(overrides or {}), "")
+    _merge(cfg, layers, "")
+    if cfg.balancer.name == "grace" and not cfg.train.weight_decay_schedule:
+        cfg.train.weight_decay_schedule = [list(m) for m in GRACE_WEIGHT_DECAY_SCHEDULE]
     validate(cfg)
     return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config saved by :meth:`Config.to_dict` (checkpoints, run dirs)."""
-    data = dict(data)
+    """Rebuild a config saved by :meth:`Config.to_dict` (checkpoints, run dirs).
+
+    Execution settings that 0.1.0 saved with the run (``data.data_dir``,
+    ``train.device``, ``train.threads``) are dropped.
+    """
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, key in (("data", "data_dir"), ("train", "device"), ("train", "threads")):
+        if isinstance(data.get(section), dict):
+            data[section].pop(key, None)
     cfg = Config(preset=data.pop("preset", "paper"))
     # Start from bare defaults: the saved dict is complete, presets must not leak in.
     _merge(cfg, data, "")
@@ -244,40 +316,15 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            sub = _drop_none(v)
-            if sub:
-                out[k] = sub
-        elif v is not None:
-            out[k] = v
-    return out
-
-
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot train, with one line naming the setting."""
-    d, m, t, b = cfg.data, cfg.model, cfg.train, cfg.balancer
+    m, t, b = cfg.model, cfg.train, cfg.balancer
+    cfg.data.validate()
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise GraceError(f"invalid setting: {msg}")
 
-    need(d.dataset in DATASETS, f"data.dataset '{d.dataset}' is not one of {', '.join(DATASETS)}")
-    need(d.window >= 1, f"data.window must be >= 1 (got {d.window})")
-    need(d.max_rul > 0, f"data.max_rul must be > 0 (got {d.max_rul})")
-    need(
-        0 < d.critical_rul < d.degrading_rul,
-        f"health thresholds need 0 < critical_rul < degrading_rul "
-        f"(got {d.critical_rul}, {d.degrading_rul})",
-    )
-    need(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1) (got {d.val_fraction})")
-    need(d.val_cuts >= 1, f"data.val_cuts must be >= 1 (got {d.val_cuts})")
-    need(
-        d.normalization in ("auto", "global", "regime"),
-        "data.normalization must be auto, global or regime",
-    )
     need(
         len(m.conv_channels) >= 1 and all(c > 0 for c in m.conv_channels),
         "model.conv_channels must be positive",
@@ -298,6 +345,13 @@ def validate(cfg: Config) -> None:
     need(math.isfinite(t.lr) and t.lr > 0, f"train.lr must be > 0 (got {t.lr})")
     need(t.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {t.weight_decay})")
     need(
+        all(
+            isinstance(x, (list, tuple)) and len(x) == 2 and x[0] >= 0 and x[1] >= 0
+            for x in t.weight_decay_schedule
+        ),
+        "train.weight_decay_schedule must be a list of [epoch, factor] pairs, both >= 0",
+    )
+    need(
         len(t.betas) == 2 and all(0 <= x < 1 for x in t.betas),
         "train.betas must be two values in [0, 1)",
     )
@@ -310,8 +364,8 @@ def validate(cfg: Config) -> None:
     need(0 <= t.min_lr <= t.lr, "train.min_lr must be in [0, lr]")
     need(t.clip > 0, f"train.clip must be > 0 (got {t.clip})")
     need(
-        t.clip_mode in ("norm", "value"),
-        f"train.clip_mode must be norm or value (got {t.clip_mode})",
+        t.clip_mode in CLIP_MODES,
+        f"train.clip_mode must be one of {', '.join(CLIP_MODES)} (got {t.clip_mode})",
     )
     need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {t.ema_decay})")
     need(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}")
@@ -320,12 +374,105 @@ def validate(cfg: Config) -> None:
     need(t.grad_stats_every >= 1, "train.grad_stats_every must be >= 1")
     need(t.protocol in PROTOCOLS, f"train.protocol must be one of {', '.join(PROTOCOLS)}")
     need(t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}")
-    need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
-    need(t.threads >= 0, "train.threads must be >= 0")
     need(
-        b.grad_source in ("params", "representation"),
-        "balancer.grad_source must be params or representation",
+        b.grad_source in GRAD_SOURCES,
+        f"balancer.grad_source must be one of {', '.join(GRAD_SOURCES)}",
     )
-    from grace_rul.balancers import check_balancer  # late: the registry imports torch
+    from grace_rul.balancers import check_balancer
 
     check_balancer(b.name, b.options)
+
+
+# --------------------------------------------------------------------------- command line
+
+# Named flags for the most used keys: --NAME VALUE is --set KEY=VALUE.
+ALIASES: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
+    "dataset": ("data.dataset", DATASETS, "C-MAPSS subset"),
+    "balancer": ("balancer.name", None, "loss balancer, e.g. equal, gaba, grace"),
+    "seed": ("seed", None, "seed for every RNG"),
+    "epochs": ("train.epochs", None, "maximum epochs"),
+    "batch_size": ("train.batch_size", None, "mini-batch size"),
+    "lr": ("train.lr", None, "AdamW learning rate"),
+    "precision": ("train.precision", PRECISIONS, "auto: bf16 where native, else 32"),
+    "protocol": (
+        "train.protocol",
+        PROTOCOLS,
+        "val: select on validation units; paper: select on test (optimistic)",
+    ),
+}
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` (VALUE as a YAML scalar or list) for ``--set`` and ``--vary``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise GraceError(f"--set expects KEY=VALUE, got '{text}'")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise GraceError(f"--set {text}: the value is not a valid YAML scalar or list") from None
+    return key.strip(), parsed
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, aliases: tuple[str, ...]) -> None:
+    """``--preset``, ``--config``, repeatable ``--set KEY=VALUE`` and the named ``aliases``."""
+    parser.add_argument("--preset", choices=list(PRESETS), help="base preset (default paper)")
+    parser.add_argument("--config", help="YAML file with config overrides")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config key, repeatable: --set train.lr=5e-4 --set model.dropout=0.2 "
+        "--set balancer.options.beta=0.95 (see config.yaml of a run for every key)",
+    )
+    for name in aliases:
+        key, choices, text = ALIASES[name]
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=str.upper if name == "dataset" else str,
+            choices=choices,
+            help=f"{text} (= --set {key}=...)",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Nested overrides from ``--set`` and the named aliases present in ``args``."""
+    pairs = [parse_assignment(text) for text in args.settings]
+    pairs += [
+        (key, yaml.safe_load(getattr(args, name)))
+        for name, (key, _, _) in ALIASES.items()
+        if getattr(args, name, None) is not None
+    ]
+    out: dict[str, Any] = {}
+    for dotted, value in pairs:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GraceError(f"--set {dotted}: '{part}' is not a section")
+        node[leaf] = value
+    return out
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of :class:`Execution`: how a run executes (not saved with the run)."""
+    parser.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files (default: bundled)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or event lines")
+
+
+def execution_from_args(args: argparse.Namespace, **fixed: Any) -> Execution:
+    """The :class:`Execution` of parsed ``add_execution_arguments`` flags."""
+    values = {
+        "device": args.device or "auto",
+        "threads": args.threads or 0,
+        "data_dir": args.data_dir,
+        "quiet": args.quiet,
+    }
+    return Execution(**{**values, **fixed})

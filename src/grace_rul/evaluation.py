@@ -11,14 +11,7 @@ from torch import nn
 
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.config import Config, config_from_dict
-from grace_rul.data import (
-    Normalizer,
-    Split,
-    add_labels,
-    make_windows,
-    read_cmapss,
-    resolve_normalization,
-)
+from grace_rul.data import Normalizer, Split, read_cmapss, resolve_normalization, test_windows
 from grace_rul.errors import GraceError
 from grace_rul.metrics import evaluate_predictions
 from grace_rul.model import DualTaskNet, build_model, predict
@@ -43,10 +36,7 @@ def test_split(
     dataset: str, cfg: Config, normalizer: Normalizer, data_dir: str | None = None
 ) -> Split:
     """Last window of every test unit of ``dataset``, scaled with a fitted ``normalizer``."""
-    raw = read_cmapss(dataset, data_dir)
-    d = cfg.data
-    frame = add_labels(raw.test, d.max_rul, d.critical_rul, d.degrading_rul, final_rul=raw.test_rul)
-    return make_windows(normalizer.transform(frame), frame, d.window, last_only=True)
+    return test_windows(read_cmapss(dataset, data_dir), normalizer, cfg.data)
 
 
 def load_inference_model(
@@ -81,9 +71,7 @@ def evaluate_checkpoint(
             f"checkpoint was normalised with '{normalizer.mode}' statistics of {cfg.data.dataset}; "
             f"{name} needs '{needed}' normalisation"
         )
-    split = test_split(
-        name, cfg, normalizer, data_dir if data_dir is not None else cfg.data.data_dir
-    )
+    split = test_split(name, cfg, normalizer, data_dir)
     with torch.no_grad():
         metrics, _, _ = score_split(model, split)
     return {"dataset": name, "checkpoint": str(path), "test": test_metrics(metrics)}

@@ -1,4 +1,4 @@
-"""The two inner task losses (SPEC §3). The outer combination belongs to the balancers."""
+"""The two inner task losses (docs/design.md §3). The outer combination belongs to the balancers."""
 
 from __future__ import annotations
 

@@ -1,8 +1,15 @@
-"""Prognostics metrics (SPEC §6): last-window RMSE, NASA/PHM08 score, MAE, health accuracy."""
+"""Prognostics metrics (docs/design.md §6): last-window RMSE, NASA score, MAE, health accuracy."""
 
 from __future__ import annotations
 
 import numpy as np
+
+# How a checkpoint is selected, and how each protocol's numbers are labelled wherever printed.
+PROTOCOLS = ("val", "paper")
+PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
+# The validation score used for selection: "last" windows of truncated validation units
+# (built like the test set) or "all" windows of the validation units.
+SELECTIONS = ("last", "all")
 
 
 def rmse(pred: np.ndarray, true: np.ndarray) -> float:

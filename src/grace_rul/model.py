@@ -1,4 +1,4 @@
-"""The dual-task network (SPEC §2): a shared backbone with a RUL head and a health head.
+"""The dual-task network (docs/design.md §2): a shared backbone with a RUL head and a health head.
 
 Backbone: Conv1d stack over the sensor channels -> BiLSTM -> multi-head
 self-attention with a residual connection (+ LayerNorm) -> mean over time ->
@@ -9,8 +9,10 @@ normal for the convolutions and the ReLU fully connected layers, Xavier uniform
 for the attention projections and the two heads, orthogonal recurrent
 (hidden-to-hidden) and Xavier input-to-hidden LSTM weights, zero biases except
 the LSTM forget-gate bias, which starts at 1 (``bias_ih`` 1, ``bias_hh`` 0: PyTorch adds
-the two), and the RUL head's bias, which starts at the mean training target divided by
-``rul_scale`` so that the first predictions sit at the mean RUL instead of near 0.
+the two). The trainer then sets the RUL head's bias from data
+(:meth:`DualTaskNet.init_rul_bias`): the mean initial prediction over training windows
+equals the mean training target, instead of sitting 100-250 cycles below zero, so the
+first steps learn the shape of degradation rather than undo an offset.
 """
 
 from __future__ import annotations
@@ -35,11 +37,9 @@ class DualTaskNet(nn.Module):
         cfg: ModelConfig,
         rul_scale: float = 125.0,
         n_health: int = 3,
-        rul_mean: float = 0.0,
     ):
         super().__init__()
         self.rul_scale = float(rul_scale)
-        self.rul_mean = float(rul_mean)
         convs: list[nn.Module] = []
         channels = n_features
         for out in cfg.conv_channels:
@@ -79,7 +79,6 @@ class DualTaskNet(nn.Module):
         for head in self.heads():
             nn.init.xavier_uniform_(head.weight)
             nn.init.zeros_(head.bias)
-        nn.init.constant_(self.rul_head.bias, self.rul_mean / self.rul_scale)
         nn.init.xavier_uniform_(self.attention.in_proj_weight)
         nn.init.zeros_(self.attention.in_proj_bias)
         nn.init.xavier_uniform_(self.attention.out_proj.weight)
@@ -95,6 +94,18 @@ class DualTaskNet(nn.Module):
                 nn.init.zeros_(p)
                 if name.startswith("bias_ih"):  # forget gate (gate order i, f, g, o)
                     p.data[hidden : 2 * hidden] = 1.0
+
+    @torch.no_grad()
+    def init_rul_bias(self, x: Tensor, target_mean: float) -> None:
+        """Shift the RUL head's bias so the mean prediction on windows ``x`` is ``target_mean``.
+
+        Deterministic (evaluated without dropout) and consumes no random numbers.
+        """
+        was_training = self.training
+        self.eval()
+        out = self.rul_head(self.representation(x)).mean()
+        self.rul_head.bias += target_mean / self.rul_scale - out
+        self.train(was_training)
 
     def heads(self) -> tuple[nn.Linear, nn.Linear]:
         return (self.rul_head, self.health_head)
@@ -131,14 +142,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(
-    cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0, rul_mean: float = 0.0
-) -> DualTaskNet:
-    """The network for a config (features = 14 informative sensors by default).
-
-    ``rul_mean`` (the mean training target, in cycles) sets the RUL head's initial bias.
-    """
-    return DualTaskNet(n_features, cfg, rul_scale=max_rul, rul_mean=rul_mean)
+def build_model(cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0) -> DualTaskNet:
+    """The network for a config (features = 14 informative sensors by default)."""
+    return DualTaskNet(n_features, cfg, rul_scale=max_rul)
 
 
 @torch.no_grad()

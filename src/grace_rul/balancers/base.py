@@ -43,13 +43,16 @@ class TaskGrads:
 class Combination:
     """What a balancer decided for one step.
 
-    ``weights`` (K,) are the effective task weights: task i's head receives
-    ``weights[i] * grad L_i`` and, unless ``shared_grad`` is given, the shared part
-    receives ``weights @ matrix``. ``raw`` and ``smoothed`` are for logging only.
+    ``weights`` (K,) are the effective task weights: the shared part receives
+    ``weights @ matrix`` unless ``shared_grad`` is given, and task i's head receives
+    ``head_weights[i] * grad L_i`` (``head_weights`` defaults to ``weights``; MGDA
+    gives each head its own unweighted gradient). ``raw`` and ``smoothed`` are for
+    logging only.
     """
 
     weights: Tensor
     shared_grad: Tensor | None = None
+    head_weights: Tensor | None = None
     raw: Tensor | None = None
     smoothed: Tensor | None = None
 
@@ -59,8 +62,6 @@ class Balancer(nn.Module):
 
     Class attributes:
       * ``needs_task_grads``: the method needs per-task gradients every step.
-      * ``weight_decay_schedule``: ``((epoch, factor), ...)`` multipliers of the base
-        weight decay applied after those epochs (GRACE's adaptive schedule).
 
     State that must survive a resume lives in buffers or parameters, so it travels
     in ``state_dict``. Learnable parameters are added to the optimiser by the trainer.
@@ -68,7 +69,6 @@ class Balancer(nn.Module):
 
     name: ClassVar[str] = ""
     needs_task_grads: ClassVar[bool] = False
-    weight_decay_schedule: ClassVar[tuple[tuple[int, float], ...]] = ()
 
     def __init__(self, num_tasks: int = 2) -> None:
         super().__init__()

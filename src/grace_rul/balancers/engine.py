@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from grace_rul.balancers.base import Balancer, Combination, TaskGrads
 
+GRAD_SOURCES = ("params", "representation")
+
 
 @dataclass
 class StepGrads:
@@ -71,7 +73,7 @@ def balance_backward(
     ``grad_source="representation"``. The balancer's weights are always detached: a
     learnable balancer trains only through its ``auxiliary_loss``.
     """
-    if grad_source not in ("params", "representation"):
+    if grad_source not in GRAD_SOURCES:
         raise ValueError(f"grad_source must be 'params' or 'representation' (got {grad_source!r})")
     k = losses.numel()
     detached = losses.detach()
@@ -130,9 +132,10 @@ def balance_backward(
         # a parameter no task reached keeps grad None, as after a plain backward().
         for p, chunk, hit in zip(shared, combined.split(sizes), used):
             p.grad = chunk.view_as(p) if hit else None
+    head_weights = weights if comb.head_weights is None else comb.head_weights.to(true.dtype)
     for i, (params, grads_i) in enumerate(zip(heads, head_grads)):
         for p, g in zip(params, grads_i):
-            p.grad = None if g is None else g * weights[i]
+            p.grad = None if g is None else g * head_weights[i]
     aux = balancer.auxiliary_loss(detached, grads)
     if aux is not None:
         (aux * scale).backward()

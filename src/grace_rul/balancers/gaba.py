@@ -1,4 +1,4 @@
-"""GABA: gradient-aware balancing by inverse gradient norms (SPEC §4).
+"""GABA: gradient-aware balancing by inverse gradient norms (docs/design.md §4).
 
 Per step, with g_i the L2 norm of task i's gradient on the shared backbone:
 raw weights on the simplex inverse to the norms (lambda_i ∝ 1/g_i), an EMA

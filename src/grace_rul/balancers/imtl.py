@@ -10,7 +10,9 @@ For two tasks this reduces to ``w = (||g_2||, ||g_1||) / (||g_1|| + ||g_2||)``, 
 norm rule. When ``D U^T`` is singular (parallel gradients, for which any weights
 give equal projections) the inverse-norm weights are used. Only the gradient part:
 the loss-scale part of IMTL (IMTL-L) is not included. Each head gets ``w_i`` times
-its gradient.
+its gradient: a choice. The paper scales task-specific parameters with IMTL-L's loss
+scales, which are absent here; using the IMTL-G weights keeps every method's weights
+summing to 1 so learning rates stay comparable across balancers.
 """
 
 from __future__ import annotations

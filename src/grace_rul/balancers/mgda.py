@@ -11,9 +11,10 @@ Frank-Wolfe crawls along a face; started from uniform weights, stopped when the
 duality gap is below 1e-10 of the largest squared gradient norm (at most 1000
 steps). Everything uses the Gram matrix ``G G^T`` (K x K, float64), so
 ``grad_source="representation"`` gives MGDA-UB (the paper's upper-bound variant with
-gradients w.r.t. the shared representation). The weights sum to 1 and
-are loss weights: each head gets ``w_i`` times its gradient. No gradient
-normalisation (the paper's "none" option).
+gradients w.r.t. the shared representation). The weights sum to 1 and apply to the
+shared parameters only: as in the paper (Algorithm 2), each task-specific head is
+updated with its own task's unweighted gradient, so a weight of 0 never starves a
+head. No gradient normalisation (the paper's "none" option).
 """
 
 from __future__ import annotations
@@ -69,4 +70,4 @@ class MGDA(Balancer):
         assert grads is not None, "MGDA needs per-task gradients"
         m = grads.matrix
         w = min_norm_weights((m @ m.T).double().cpu()).to(m)
-        return Combination(weights=w, raw=w)
+        return Combination(weights=w, raw=w, head_weights=torch.ones_like(w))

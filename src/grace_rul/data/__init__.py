@@ -7,6 +7,7 @@ from grace_rul.data.cmapss import (
     SETTINGS,
     SHA256,
     CMAPSSData,
+    DataConfig,
     Normalizer,
     RawSubset,
     Split,
@@ -20,6 +21,8 @@ from grace_rul.data.cmapss import (
     regime_keys,
     resolve_normalization,
     split_units,
+    test_windows,
+    truncated_windows,
     unit_windows,
 )
 
@@ -30,6 +33,7 @@ __all__ = [
     "SETTINGS",
     "SHA256",
     "CMAPSSData",
+    "DataConfig",
     "Normalizer",
     "RawSubset",
     "Split",
@@ -43,5 +47,7 @@ __all__ = [
     "regime_keys",
     "resolve_normalization",
     "split_units",
+    "test_windows",
+    "truncated_windows",
     "unit_windows",
 ]

@@ -85,8 +85,6 @@ from grace_rul.errors import GraceError
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; annotations only
     from importlib.resources.abc import Traversable
 
-    from grace_rul.config import DataConfig
-
 DATASETS: tuple[str, ...] = ("FD001", "FD002", "FD003", "FD004")
 SETTINGS: tuple[str, ...] = ("setting1", "setting2", "setting3")
 COLUMNS: tuple[str, ...] = ("unit", "cycle", *SETTINGS, *(f"s{i}" for i in range(1, 22)))
@@ -113,6 +111,47 @@ SHA256: dict[str, str] = {
     "test_FD004.txt": "1dc675fff0624bac10786927c6715b37d1297657137400d2b1a3138d777a3ba5",
     "RUL_FD004.txt": "196b836b85a95ac7fdbbf29c5fdf1657382eafa445644d114ffaaf50dc2975e1",
 }
+
+NORMALIZATIONS: tuple[str, ...] = ("auto", "global", "regime")
+
+
+@dataclass
+class DataConfig:
+    """The data contract's settings: subset, windows, label caps, split and scaling.
+
+    Plain values only; :meth:`validate` is the one place they are checked. The
+    meaning of each is in this module's docstring.
+    """
+
+    dataset: str = "FD001"
+    window: int = 30
+    max_rul: int = 125
+    critical_rul: int = 30  # health class 2 when RUL <= this
+    degrading_rul: int = 80  # health class 1 when critical < RUL <= this, else 0
+    val_fraction: float = 0.2  # share of training units held out (whole engines)
+    val_cuts: int = 10  # truncation points per validation unit for the test-like score
+    normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot build windows, with one line naming the setting."""
+        problems = [
+            (self.dataset in DATASETS, f"data.dataset '{self.dataset}' is not one of "
+             f"{', '.join(DATASETS)}"),
+            (self.window >= 1, f"data.window must be >= 1 (got {self.window})"),
+            (self.max_rul > 0, f"data.max_rul must be > 0 (got {self.max_rul})"),
+            (0 < self.critical_rul < self.degrading_rul,
+             f"health thresholds need 0 < critical_rul < degrading_rul "
+             f"(got {self.critical_rul}, {self.degrading_rul})"),
+            (0 < self.val_fraction < 1,
+             f"data.val_fraction must be in (0, 1) (got {self.val_fraction})"),
+            (self.val_cuts >= 1, f"data.val_cuts must be >= 1 (got {self.val_cuts})"),
+            (self.normalization in NORMALIZATIONS,
+             f"data.normalization must be one of {', '.join(NORMALIZATIONS)}"),
+        ]  # fmt: skip
+        for ok, message in problems:
+            if not ok:
+                raise GraceError(f"invalid setting: {message}")
+
 
 _STD_FLOOR = 1e-8  # a sensor with a smaller spread (constant in a regime) is only centred
 
@@ -523,13 +562,14 @@ def split_units(units: np.ndarray, val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
-def load_cmapss(cfg: DataConfig, seed: int) -> CMAPSSData:
+def load_cmapss(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) -> CMAPSSData:
     """Read a subset and build its train/val/test windows as described in the module docstring.
 
-    ``cfg`` is a :class:`grace_rul.config.DataConfig`; ``seed`` picks the
-    validation units.
+    ``seed`` picks the validation units and their truncation points; ``data_dir`` is
+    where the files are (``None``: the bundled copy).
     """
-    raw = read_cmapss(cfg.dataset, cfg.data_dir)
+    cfg.validate()
+    raw = read_cmapss(cfg.dataset, data_dir)
     longest = int(raw.train.groupby("unit").size().max())
     if cfg.window > longest:
         raise GraceError(
@@ -537,7 +577,6 @@ def load_cmapss(cfg: DataConfig, seed: int) -> CMAPSSData:
             f"(longest: {longest} cycles)"
         )
     train_all = add_labels(raw.train, cfg.max_rul, cfg.critical_rul, cfg.degrading_rul)
-    test = add_labels(raw.test, cfg.max_rul, cfg.critical_rul, cfg.degrading_rul, raw.test_rul)
     train_units, val_units = split_units(train_all["unit"].to_numpy(), cfg.val_fraction, seed)
     in_val = train_all["unit"].isin(val_units).to_numpy()
     train, val = train_all[~in_val], train_all[in_val]
@@ -548,12 +587,18 @@ def load_cmapss(cfg: DataConfig, seed: int) -> CMAPSSData:
         train=make_windows(normalizer.transform(train), train, cfg.window),
         val=val_split,
         val_last=truncated_windows(val_split, cfg.val_cuts, seed),
-        test=make_windows(normalizer.transform(test), test, cfg.window, last_only=True),
+        test=test_windows(raw, normalizer, cfg),
         normalizer=normalizer,
         feature_names=SENSORS,
         train_units=train_units,
         val_units=val_units,
     )
+
+
+def test_windows(raw: RawSubset, normalizer: Normalizer, cfg: DataConfig) -> Split:
+    """The last window of every test unit of ``raw``, labelled and scaled with ``normalizer``."""
+    test = add_labels(raw.test, cfg.max_rul, cfg.critical_rul, cfg.degrading_rul, raw.test_rul)
+    return make_windows(normalizer.transform(test), test, cfg.window, last_only=True)
 
 
 def truncated_windows(split: Split, cuts: int, seed: int) -> Split:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-from typing import Any
 
-DEFAULT_SEEDS = [42, 123, 456, 789, 1024]  # SPEC §5 seeds; §6: mean ± std over 5
+DEFAULT_SEEDS = [42, 123, 456, 789, 1024]  # docs/design.md §6: mean ± std over 5 seeds
 DEFAULT_BALANCERS = ["equal", "gaba"]
+SWEEP_ALIASES = ("epochs", "batch_size", "lr", "precision", "protocol")
 
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``grace sweep``: train a datasets x balancers x seeds grid and tabulate it."""
-    from grace_rul.config import DATASETS, PRESETS, PROTOCOLS
+    from grace_rul.config import DATASETS, add_execution_arguments, add_setting_arguments
     from grace_rul.experiments.executors import EXECUTORS
 
     p = subparsers.add_parser(
@@ -48,14 +47,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         metavar="SEED",
         help=f"seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})",
     )
-    p.add_argument("--preset", choices=list(PRESETS), help="model/training preset (default paper)")
-    p.add_argument("--config", help="YAML file with config overrides shared by every cell")
-    p.add_argument("--epochs", type=int, help="epochs per cell (default: the preset's)")
-    p.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        help="val: select on validation units (default); paper: select on test (optimistic)",
-    )
+    add_setting_arguments(p, SWEEP_ALIASES)
     p.add_argument(
         "--executor",
         choices=EXECUTORS,
@@ -68,7 +60,6 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default=1,
         help="local pool size; each cell gets cpu_count // workers torch threads",
     )
-    p.add_argument("--threads", type=int, help="torch threads per cell (overrides the division)")
     p.add_argument(
         "--ray-address", help="address of a running Ray cluster (default: start a local one)"
     )
@@ -80,31 +71,20 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="add datasets/balancers/seeds to an existing sweep directory",
     )
     p.add_argument("--out", required=True, help="sweep directory (created or continued)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or event lines")
+    add_execution_arguments(p)
     p.set_defaults(func=cmd_sweep)
     return p
 
 
-def _deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_update(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep; exit 0 when every cell finished, 1 when some failed."""
-    from grace_rul.config import load_yaml
+    from grace_rul.config import execution_from_args, load_yaml, merge_overrides, settings_from_args
     from grace_rul.experiments.sweep import run_sweep
 
-    overrides = load_yaml(args.config) if args.config else {}
+    overrides = merge_overrides(
+        load_yaml(args.config) if args.config else {}, settings_from_args(args)
+    )
     preset = args.preset or overrides.pop("preset", None)
-    overrides.pop("preset", None)
-    flags = {"train": {"epochs": args.epochs, "protocol": args.protocol, "threads": args.threads}}
-    overrides = _deep_update(overrides, flags)
     result = run_sweep(
         args.out,
         args.datasets,
@@ -112,6 +92,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.seeds,
         preset=preset,
         overrides=overrides,
+        execution=execution_from_args(args),
         executor=args.executor,
         workers=args.workers,
         ray_address=args.ray_address,

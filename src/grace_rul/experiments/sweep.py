@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from grace_rul.config import resolve_config
+from grace_rul.config import Execution, merge_overrides, resolve_config
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import make_executor, threads_per_cell
 from grace_rul.experiments.grid import (
@@ -57,6 +57,7 @@ class CellTask:
     run_dir: str
     config: dict[str, Any]
     action: str  # train | resume | rerun (wipe the directory first)
+    execution: dict[str, Any] = field(default_factory=dict)  # an Execution's fields
 
 
 def run_cell(task: CellTask) -> dict[str, Any]:
@@ -72,9 +73,8 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         metrics = train(
             config_from_dict(task.config),
             path,
+            execution=Execution(**task.execution),
             resume=task.action == "resume",
-            progress=False,
-            quiet=True,
         )
         return {
             "ok": True,
@@ -122,9 +122,9 @@ class SweepResult:
         return not self.failed
 
 
-def _normalise_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
-    """Copy ``overrides`` without None values; pull out train.threads (an execution detail)."""
-    out = _without_none(copy.deepcopy(overrides or {}))
+def _check_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Copy ``overrides`` without None values, refusing the keys the grid axes own."""
+    out = merge_overrides(copy.deepcopy(overrides or {}))
     for path, axis in AXIS_KEYS.items():
         node: Any = out
         for key in path[:-1]:
@@ -135,25 +135,6 @@ def _normalise_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, An
             )
     if "preset" in out:
         raise GraceError("overrides may not set preset: pass preset= (--preset)")
-    threads = 0
-    train = out.get("train")
-    if isinstance(train, dict) and "threads" in train:
-        threads = int(train.pop("threads"))
-        if not train:
-            out.pop("train")
-    return out, threads
-
-
-def _without_none(d: dict[str, Any]) -> dict[str, Any]:
-    """Nested copy without None values and without emptied sections (unset CLI flags)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = _without_none(v)
-            if not v:
-                continue
-        if v is not None:
-            out[k] = v
     return out
 
 
@@ -173,12 +154,11 @@ def _check_axes(
     return [str(d).upper() for d in datasets], [str(b) for b in balancers], out_seeds
 
 
-def cell_overrides(grid: Grid, cell: Cell, threads: int) -> dict[str, Any]:
+def cell_overrides(grid: Grid, cell: Cell) -> dict[str, Any]:
     """The override dict that turns the grid's preset into this cell's config."""
     o = copy.deepcopy(grid.overrides)
     o.setdefault("data", {})["dataset"] = cell.dataset
     o.setdefault("balancer", {})["name"] = cell.balancer
-    o.setdefault("train", {})["threads"] = threads
     o["seed"] = cell.seed
     return o
 
@@ -204,6 +184,7 @@ def run_sweep(
     *,
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
+    execution: Execution | None = None,
     executor: str = "local",
     workers: int = 1,
     ray_address: str | None = None,
@@ -216,8 +197,9 @@ def run_sweep(
 
     ``overrides`` are nested config overrides shared by all cells (e.g.
     ``{"train": {"epochs": 5, "protocol": "val"}}``); they may not set the axes.
-    ``train.threads`` in overrides fixes the torch threads per cell; otherwise the
-    local pool gives each cell ``cpu_count // workers`` and Ray ``cpus_per_task``.
+    ``execution`` is how each cell runs; its ``threads`` (when > 0) fixes the torch
+    threads per cell, otherwise the local pool gives each cell ``cpu_count // workers``
+    and Ray ``cpus_per_task``. Cells never show progress bars or event lines.
     A directory holding another grid is refused unless ``extend`` (then the axes are
     the union; preset, overrides and protocol must still match).
 
@@ -227,7 +209,8 @@ def run_sweep(
     started = time.perf_counter()
     sweep_dir = Path(out_dir).resolve()  # absolute: Ray tasks may run elsewhere
     datasets, balancers, seeds = _check_axes(list(datasets), list(balancers), list(seeds))
-    shared, fixed_threads = _normalise_overrides(overrides)
+    shared = _check_overrides(overrides)
+    exe = execution or Execution()
     base = resolve_config(preset, None, shared)  # validates preset and overrides once
     grid = Grid(
         datasets,
@@ -257,16 +240,16 @@ def run_sweep(
     if executor == "local":
         if workers < 1:
             raise GraceError(f"--workers must be >= 1 (got {workers})")
-        threads = fixed_threads or threads_per_cell(workers)
+        threads = exe.threads or threads_per_cell(workers)
     elif executor == "ray":
-        threads = fixed_threads or max(1, int(cpus_per_task))
+        threads = exe.threads or max(1, int(cpus_per_task))
     else:
         raise GraceError(f"unknown executor '{executor}' (choose from: local, ray)")
     cells = grid.cells()
     configs = {
-        c.name: resolve_config(grid.preset, None, cell_overrides(grid, c, threads)).to_dict()
-        for c in cells
+        c.name: resolve_config(grid.preset, None, cell_overrides(grid, c)).to_dict() for c in cells
     }  # every cell validated before anything is written
+    cell_execution = asdict(replace(exe, threads=threads, progress=False, quiet=True))
 
     (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     write_grid(sweep_dir, grid)
@@ -299,7 +282,7 @@ def run_sweep(
             action = "train"
             if first:
                 result.trained.append(cell.name)
-        return CellTask(cell.name, str(path), configs[cell.name], action)
+        return CellTask(cell.name, str(path), configs[cell.name], action, cell_execution)
 
     todo: list[tuple[Cell, CellTask]] = []
     for cell in cells:

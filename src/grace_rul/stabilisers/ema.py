@@ -1,8 +1,8 @@
 """Exponential moving average (EMA) of a model's trainable weights.
 
-Call order matters (SPEC §5): ``optimizer.step()`` first, then ``ema.update(model)``, every
-batch. Evaluate with ``with ema.swapped(model): ...`` so the averaged weights are used and the
-live ones are always put back.
+Call order matters (docs/design.md §5): ``optimizer.step()`` first, then
+``ema.update(model)``, every batch. Evaluate with ``with ema.swapped(model): ...`` so the
+averaged weights are used and the live ones are always put back.
 """
 
 from __future__ import annotations

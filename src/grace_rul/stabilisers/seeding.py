@@ -75,3 +75,20 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
             torch.cuda.set_rng_state(cuda_state.cpu(), device)
     if generator is not None:
         generator.set_state(state["generator"].cpu())
+
+
+class RngStreams:
+    """Every random stream of a run as one resumable component (``state_dict`` protocol).
+
+    ``generator`` is the run's own data-order generator; the global Python, NumPy,
+    torch and CUDA streams are captured with it.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state(generator=self.generator)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state, generator=self.generator)

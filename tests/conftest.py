@@ -1,0 +1,69 @@
+"""Shared fixtures: the tiny config, a quiet single-thread execution, a trained tiny run,
+and a CLI runner that returns exit code, stdout and stderr."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from grace_rul.cli import main
+from grace_rul.config import Config, Execution, resolve_config
+
+torch.set_num_threads(1)
+
+QUIET = Execution(threads=1, quiet=True, progress=False)
+
+
+def tiny_config(**train) -> Config:
+    """The ``tiny`` preset on FD001 with ``train`` overrides (e.g. ``epochs=1``)."""
+    return resolve_config("tiny", overrides={"train": train})
+
+
+@pytest.fixture
+def tiny():
+    """``tiny(**train_overrides)`` -> Config."""
+    return tiny_config
+
+
+@pytest.fixture
+def quiet() -> Execution:
+    return QUIET
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished 2-epoch ``tiny`` run on FD001 (trained once per test session; read only)."""
+    from grace_rul.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(tiny_config(epochs=2), out, execution=QUIET)
+    return out
+
+
+@dataclass
+class CliResult:
+    """What one ``grace`` invocation did."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.strip().splitlines()
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("train", "--preset", "tiny", ...)`` runs ``grace`` in-process."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
