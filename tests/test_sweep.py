@@ -227,6 +227,17 @@ def test_grid_mismatch_refused_extend_and_failed_cell(base, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_report_shows_the_summary_of_summary_md(base, tmp_path):
+    from grace_rul.reports import write_report
+
+    sweep, result = base
+    assert result.summary is not None
+    page = write_report(sweep, tmp_path / "rep").read_text(encoding="utf-8")
+    assert result.summary.to_html() in page  # the object that wrote summary.md, as HTML
+    assert "4 of 4 cells done" in page and "Protocol: <strong>validation-selected" in page
+
+
+@pytest.mark.slow
 def test_ray_executor_matches_local(base, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'grace-rul[ray]')")
     sweep = tmp_path / "ray"
