@@ -22,22 +22,19 @@ import subprocess
 import time
 from pathlib import Path
 
-from grace_rul.config import resolve_config
+from grace_rul.config import Execution, resolve_config
 from grace_rul.trainer import train
 
 # name -> (preset, overrides). The first one is the reference.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "small": ("small", {}),
-    "small-select-all": ("small", {"train": {"select": "all"}}),
-    "small-ema0.99": ("small", {"train": {"ema_decay": 0.99, "ema_warmup": False}}),
     "small-drop0.3": ("small", {"model": {"dropout": 0.3}}),
-    "small-wd1e-2": ("small", {"train": {"weight_decay": 1e-2}}),
-    "small-lr3e-3": ("small", {"train": {"lr": 3e-3}}),
+    "small-lr3e-4": ("small", {"train": {"lr": 3e-4}}),
+    "small-wd5e-2": ("small", {"train": {"weight_decay": 5e-2}}),
     "small-win40": ("small", {"data": {"window": 40}}),
-    "small-80ep": (
-        "small",
-        {"train": {"epochs": 80, "plateau_patience": 10, "early_stop_patience": 25}},
-    ),
+    "small-bs128": ("small", {"train": {"batch_size": 128}}),
+    "small-ema0.99": ("small", {"train": {"ema_decay": 0.99, "ema_warmup": False}}),
+    "small-select-all": ("small", {"train": {"select": "all"}}),
 }
 COLUMNS = [
     "variant",
@@ -108,12 +105,12 @@ def main() -> None:
                 merged = json.loads(json.dumps(overrides))
                 merged.setdefault("data", {})["dataset"] = dataset
                 merged["seed"] = seed
-                merged.setdefault("train", {})["threads"] = args.threads
                 cfg = resolve_config(preset, overrides=merged)
                 out = Path(args.out) / f"{dataset}-{name}-s{seed}"
                 resume = (out / "checkpoints" / "last.pt").is_file()
                 start = time.perf_counter()
-                m = train(cfg, out, resume=resume, overwrite=not resume, quiet=True)
+                exe = Execution(threads=args.threads, quiet=True, progress=False)
+                m = train(cfg, out, execution=exe, resume=resume, overwrite=not resume)
                 history = list(csv.DictReader(open(out / "history.csv", newline="")))
                 best = history[m["best_epoch"] - 1]
                 _append(

@@ -98,11 +98,14 @@ def test_gaba_without_smoothing_is_the_raw_inverse_norm_rule():
         assert torch.allclose(got, expected, rtol=1e-5)
 
 
-def test_grace_is_gaba_with_weight_decay_schedule():
+def test_grace_is_gaba_plus_the_weight_decay_schedule_setting():
     grace = build_balancer("grace")
     assert isinstance(grace, GABA) and grace.needs_task_grads
-    assert grace.weight_decay_schedule == ((100, 0.5), (200, 0.1))
-    assert build_balancer("gaba").weight_decay_schedule == ()
+    chosen = resolve_config("tiny", overrides={"balancer": {"name": "grace"}})
+    assert chosen.train.weight_decay_schedule == [[100, 0.5], [200, 0.1]]
+    assert resolve_config("tiny").train.weight_decay_schedule == []  # gaba: none
+    own = {"balancer": {"name": "grace"}, "train": {"weight_decay_schedule": [[5, 0.2]]}}
+    assert resolve_config("tiny", overrides=own).train.weight_decay_schedule == [[5, 0.2]]
 
 
 # ---------------------------------------------------------------- loss-weighting methods
@@ -460,8 +463,28 @@ def test_engine_representation_mode_one_backbone_backward(name):
     assert _CountBackward.calls == 1
     assert torch.allclose(out.combination.weights, expected_w)
     got = [model.shared.weight.grad, model.shared.bias.grad] + [p.grad for h in heads for p in h]
-    for a, b in zip(got, _reference(model, expected_w)):
+    head_w = torch.ones(2) if name == "mgda" else expected_w  # MGDA: heads unweighted
+    want = _reference(model, expected_w)[:2] + _reference(model, head_w)[2:]
+    for a, b in zip(got, want):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_mgda_heads_get_their_own_unweighted_gradient():
+    """Sener & Koltun update task-specific parameters with each task's own gradient: with
+    MGDA weights like (0, 1) the first head still learns."""
+    model = _Tiny()
+    x, y = _data()
+    losses, _ = model(x, y)
+    shared, heads = _params(model)
+    # g1 = -g2 on the shared part -> the min-norm point puts weight 1/2 each; scale task 2's
+    # loss so that its gradient dominates and the min-norm weights become one-sided.
+    losses = losses * torch.tensor([1.0, 0.0]) + torch.tensor([0.0, 1.0]) * losses.detach()
+    out = balance_backward(build_balancer("mgda"), losses, shared, heads)
+    w = out.combination.weights
+    assert torch.allclose(out.combination.head_weights, torch.ones(2))
+    own = torch.autograd.grad(model(x, y)[0][0], list(model.heads[0].parameters()))
+    assert torch.allclose(model.heads[0].weight.grad, own[0], rtol=1e-5)  # not w[0] * own
+    assert float(w.sum()) == pytest.approx(1.0)
 
 
 def test_engine_non_finite_task_gradient_writes_nothing():

@@ -2,7 +2,14 @@
 
 import pytest
 
-from grace_rul.config import config_from_dict, load_yaml, resolve_config
+from grace_rul.config import (
+    config_from_dict,
+    config_keys,
+    execution_from_args,
+    load_yaml,
+    resolve_config,
+    settings_from_args,
+)
 from grace_rul.errors import GraceError
 
 
@@ -73,3 +80,76 @@ def test_unknown_key_and_preset(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(GraceError, match="not valid YAML"):
         load_yaml(bad)
+
+
+def _parsed(command: str, *args: str):
+    from grace_rul.cli import build_parser
+
+    extra = ["--out", "x"]
+    return build_parser().parse_args([command, *args, *extra])
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_set_reaches_every_key_with_types_coerced(command):
+    args = _parsed(
+        command,
+        "--preset", "tiny",
+        "--set", "train.lr=5e-4",
+        "--set", "model.dropout=0.2",
+        "--set", "balancer.options.beta=0.95",
+        "--set", "train.ema_warmup=off",
+        "--set", "model.fc=[32, 16]",
+        "--set", "train.epochs=3",
+        "--epochs", "4",  # an alias of train.epochs; later wins
+    )  # fmt: skip
+    cfg = resolve_config(args.preset, None, settings_from_args(args))
+    assert cfg.train.lr == 5e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.model.dropout == 0.2 and cfg.model.fc == [32, 16]
+    assert cfg.balancer.options == {"beta": 0.95} and cfg.train.ema_warmup is False
+    assert cfg.train.epochs == 4 and isinstance(cfg.train.epochs, int)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_every_config_key_is_a_set_target(command):
+    """A key added to the dataclasses is reachable without touching the CLI."""
+    for key in config_keys():
+        args = _parsed(command, "--set", f"{key}=1")
+        node = settings_from_args(args)
+        for part in key.split("."):
+            node = node[part]
+        assert node == 1
+
+
+def test_unknown_key_names_the_nearest_keys_and_bad_values_are_refused():
+    args = _parsed("train", "--set", "train.ema_decai=0.9")
+    with pytest.raises(GraceError, match=r"unknown key 'train.ema_decai' \(did you mean: "
+                       r"train.ema_decay"):  # fmt: skip
+        resolve_config("tiny", None, settings_from_args(args))
+    for bad in ("train.epochs=2.5", "train.ema_warmup=maybe", "model.fc=7", "train.lr=[1]"):
+        with pytest.raises(GraceError, match="invalid value"):
+            resolve_config("tiny", None, settings_from_args(_parsed("train", "--set", bad)))
+    with pytest.raises(GraceError, match="expects KEY=VALUE"):
+        settings_from_args(_parsed("train", "--set", "train.lr"))
+
+
+def test_execution_is_not_part_of_the_config():
+    args = _parsed("train", "--threads", "3", "--device", "cpu", "--data-dir", "/d", "--quiet")
+    exe = execution_from_args(args)
+    assert (exe.threads, exe.device, exe.data_dir, exe.quiet) == (3, "cpu", "/d", True)
+    keys = config_keys()
+    assert not {"train.threads", "train.device", "data.data_dir"} & set(keys)
+    # 0.1.0 run directories saved them: still readable
+    old = resolve_config("tiny").to_dict()
+    old["train"] |= {"threads": 2, "device": "auto"}
+    old["data"]["data_dir"] = None
+    assert config_from_dict(old) == resolve_config("tiny")
+
+
+def test_data_settings_live_with_the_data_contract():
+    import grace_rul.data.cmapss as cmapss
+
+    assert cmapss.DataConfig is resolve_config("tiny").data.__class__
+    source = open(cmapss.__file__).read()
+    assert "grace_rul.config" not in source  # no import circle
+    with pytest.raises(GraceError, match="data.val_cuts"):
+        cmapss.DataConfig(val_cuts=0).validate()

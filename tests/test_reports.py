@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import QUIET
 from grace_rul.config import resolve_config
 from grace_rul.errors import GraceError
+from grace_rul.experiments.tables import format_stat, results_frame, summarise
 from grace_rul.reports import figures as F
 from grace_rul.reports import write_report
 from grace_rul.reports.commands import add_report_parser
 from grace_rul.reports.loading import load_run
-from grace_rul.reports.page import markdown_html
 from grace_rul.trainer import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,13 +42,13 @@ SWEEP_FIGURES = {
 
 def _train(out: Path, **overrides) -> dict:
     torch.set_num_threads(1)
-    base = {"data": {"dataset": "FD001"}, "train": {"epochs": 2, "threads": 1}}
+    base = {"data": {"dataset": "FD001"}, "train": {"epochs": 2}}
     for section, values in overrides.items():
         if isinstance(values, dict):
             base.setdefault(section, {}).update(values)
         else:
             base[section] = values
-    return train(resolve_config("tiny", overrides=base), out, progress=False)
+    return train(resolve_config("tiny", overrides=base), out, execution=QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -251,11 +252,12 @@ def test_sweep_report_has_box_plot_and_computed_summary(runs, tmp_path):
     assert ax.get_ylabel() == "test RMSE, last window (cycles)"
 
 
-def test_sweep_report_embeds_summary_md_and_lists_unfinished_cells(runs, tmp_path):
+def test_sweep_report_summary_is_computed_not_read_and_lists_unfinished_cells(runs, tmp_path):
     sweep = _sweep(runs, tmp_path / "sweep")
+    # A summary.md that disagrees with the cells is not what the page shows.
     (sweep / "summary.md").write_text(
-        "# Sweep s\n\nProtocol: **validation-selected**\n\n## Test RMSE (last window)\n\n"
-        "| balancer | FD001 |\n|---|---|\n| gaba | 20.00 ± n/a (n=1) |\n| <b>x</b> | 1 |\n"
+        "# Sweep s\n\n## Test RMSE (last window)\n\n"
+        "| balancer | FD001 |\n|---|---|\n| gaba | 99.99 ± n/a (n=1) |\n"
     )
     (sweep / "results.csv").write_text(
         "dataset,balancer,seed,status,rmse_last,error\n"
@@ -263,18 +265,33 @@ def test_sweep_report_embeds_summary_md_and_lists_unfinished_cells(runs, tmp_pat
     )
     page = _parse(write_report(sweep, tmp_path / "rep"))
     text = " ".join(page.text)
-    assert "20.00 ± n/a (n=1)" in text and "<b>x</b>" in text  # embedded and escaped
+    assert "99.99" not in text
+    for name in ("gaba", "equal"):
+        rmse = json.loads((runs[name] / "metrics.json").read_text())["test"]["rmse_last"]
+        assert format_stat(rmse, float("nan"), 1, 2) in text  # "xx.xx ± n/a (n=1)"
+    assert "2 of 2 cells done, 0 failed, 0 not finished" in text
     assert "1 row(s) in results.csv without a finished run dir" in text
     assert "CUDA out of memory" in text
-    assert "mean ± sample std" not in text
 
 
-def test_markdown_subset_renders_tables_and_escapes():
-    out = markdown_html("## T\n\n| a | b |\n|:--|--:|\n| **1** | <x> |\n\ntext `c`\n- item\n")
-    assert "<h4>T</h4>" in out
-    assert "<tr><th>a</th><th>b</th></tr>" in out
-    assert "<tr><td><strong>1</strong></td><td>&lt;x&gt;</td></tr>" in out
-    assert "&lt;x&gt;" in out and "<code>c</code>" in out and "<li>item</li>" in out
+def test_summary_html_escapes_and_marks_the_best():
+    rows = [("<b>x</b>", 1, 12.0), ("<b>x</b>", 2, 14.0), ("equal", 1, 15.0)]
+    frame = results_frame(
+        [
+            {"dataset": "FD001", "balancer": b, "seed": s, "status": "done", "rmse_last": r}
+            | {"nasa_score": 300.0, "protocol": "paper"}
+            for b, s, r in rows
+        ]
+    )
+    out = summarise(frame).to_html()
+    assert "<p>Protocol: <strong>test-selected (optimistic)</strong></p>" in out
+    assert "<tr><th>balancer</th><th>FD001</th></tr>" in out
+    assert (
+        "<tr><td>&lt;b&gt;x&lt;/b&gt;</td><td><strong>13.00 ± 1.41 (n=2)</strong></td></tr>" in out
+    )
+    assert "<tr><td>equal</td><td>15.00 ± n/a (n=1)</td></tr>" in out
+    assert "<b>" not in out
+    assert "<h3>Test RMSE (last window)</h3>" in out and "<h3>NASA score</h3>" in out
 
 
 def test_directory_without_runs_is_a_clear_error(tmp_path):

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from grace_rul.config import Execution
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import make_executor, threads_per_cell
 from grace_rul.experiments.sweep import run_sweep
@@ -26,7 +27,8 @@ from grace_rul.experiments.tables import collect_results, format_table, summaris
 
 CELLS = ["FD001-equal-s42", "FD001-equal-s123", "FD001-gaba-s42", "FD001-gaba-s123"]
 GRID = dict(datasets=["FD001"], balancers=["equal", "gaba"], seeds=[42, 123], preset="tiny")
-TRAIN = {"train": {"epochs": 1, "threads": 1}}
+TRAIN = {"train": {"epochs": 1}}
+ONE_THREAD = Execution(threads=1)
 
 
 def _metrics(sweep: Path, name: str) -> dict:
@@ -43,7 +45,9 @@ def _cli(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("sweep") / "base"
-    result = run_sweep(sweep, **GRID, overrides=TRAIN, workers=2, progress=False)
+    result = run_sweep(
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=False
+    )
     return sweep, result
 
 
@@ -74,7 +78,8 @@ def test_sweep_trains_every_cell_into_run_dirs(base):
         assert (m["dataset"], m["balancer"], m["seed"]) == (dataset, balancer, int(seed[1:]))
         assert m["epochs_run"] == 1 and m["protocol"] == "val"
         cfg = yaml.safe_load((sweep / "runs" / name / "config.yaml").read_text())
-        assert cfg["preset"] == "tiny" and cfg["train"]["threads"] == 1
+        assert cfg["preset"] == "tiny" and "threads" not in cfg["train"]
+        assert m["threads"] == 1  # an execution setting: in metrics.json, not in the config
     assert not (sweep / "failures.json").exists()
     for f in ("results.csv", "summary.md", "summary.csv", "sweep.log"):
         assert (sweep / f).is_file()
@@ -131,7 +136,9 @@ def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_p
     # corrupt metrics.json
     (runs / "FD001-gaba-s123" / "metrics.json").write_text('{"test": {"rmse_la')
 
-    result = run_sweep(sweep, **GRID, overrides=TRAIN, workers=2, progress=False)
+    result = run_sweep(
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=False
+    )
 
     assert result.ok
     assert result.skipped == [finished] and not result.trained
@@ -150,7 +157,9 @@ def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_p
 
     # A third run has nothing to do: every cell skipped, nothing rewritten; progress shown.
     stamps = {n: (runs / n / "metrics.json").stat().st_mtime_ns for n in CELLS}
-    again = run_sweep(sweep, **GRID, overrides=TRAIN, workers=2, progress=True)
+    again = run_sweep(
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=True
+    )
     assert sorted(again.skipped) == sorted(CELLS) and not (
         again.trained or again.resumed or again.rerun
     )
@@ -165,10 +174,21 @@ def test_grid_mismatch_refused_extend_and_failed_cell(base, tmp_path, capsys):
         match=r"seeds \[42, 7\] vs \[42, 123\] in sweep.yaml "
         r"\(new: \[7\]; not requested: \[123\]\).*--extend",
     ):
-        run_sweep(sweep, **{**GRID, "seeds": [42, 7]}, overrides=TRAIN, progress=False)
+        run_sweep(
+            sweep,
+            **{**GRID, "seeds": [42, 7]},
+            overrides=TRAIN,
+            execution=ONE_THREAD,
+            progress=False,
+        )
     with pytest.raises(GraceError, match=r"preset 'small' vs 'tiny' in sweep.yaml"):
         run_sweep(
-            sweep, **{**GRID, "preset": "small"}, overrides=TRAIN, extend=True, progress=False
+            sweep,
+            **{**GRID, "preset": "small"},
+            overrides=TRAIN,
+            execution=ONE_THREAD,
+            extend=True,
+            progress=False,
         )
     with pytest.raises(GraceError, match=r"overrides"):
         run_sweep(sweep, **GRID, overrides={"train": {"epochs": 2}}, extend=True, progress=False)
@@ -214,16 +234,33 @@ def test_grid_mismatch_refused_extend_and_failed_cell(base, tmp_path, capsys):
     )
     assert status.pop("FD001-gaba-s7") == "failed" and set(status.values()) == {"done"}
     assert len(status) == 5
-    new = yaml.safe_load((sweep / "runs" / "FD001-equal-s7" / "config.yaml").read_text())
-    assert new["train"]["threads"] == threads_per_cell(2) == max(1, (os.cpu_count() or 1) // 2)
+    new = _metrics(sweep, "FD001-equal-s7")
+    assert new["threads"] == threads_per_cell(2) == max(1, (os.cpu_count() or 1) // 2)
     md = (sweep / "summary.md").read_text()
     assert "5 of 6 cells done, 1 failed" in md and "(n=3)" in md and "(n=2)" in md
 
     # Clear the obstacle: the next run trains it and forgets the failure.
     shutil.rmtree(bad)
-    result = run_sweep(sweep, **{**GRID, "seeds": [42, 123, 7]}, overrides=TRAIN, progress=False)
+    result = run_sweep(
+        sweep,
+        **{**GRID, "seeds": [42, 123, 7]},
+        overrides=TRAIN,
+        execution=ONE_THREAD,
+        progress=False,
+    )
     assert result.ok and result.trained == ["FD001-gaba-s7"] and len(result.skipped) == 5
     assert not (sweep / "failures.json").exists()
+
+
+@pytest.mark.slow
+def test_report_shows_the_summary_of_summary_md(base, tmp_path):
+    from grace_rul.reports import write_report
+
+    sweep, result = base
+    assert result.summary is not None
+    page = write_report(sweep, tmp_path / "rep").read_text(encoding="utf-8")
+    assert result.summary.to_html() in page  # the object that wrote summary.md, as HTML
+    assert "4 of 4 cells done" in page and "Protocol: <strong>validation-selected" in page
 
 
 @pytest.mark.slow
@@ -232,7 +269,9 @@ def test_ray_executor_matches_local(base, tmp_path):
     sweep = tmp_path / "ray"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = run_sweep(sweep, **GRID, overrides=TRAIN, executor="ray", progress=False)
+        result = run_sweep(
+            sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor="ray", progress=False
+        )
     finally:
         ray.shutdown()
     assert result.ok and sorted(result.trained) == sorted(CELLS)
@@ -285,7 +324,7 @@ def test_bad_sweep_input_refused_before_writing(tmp_path, kwargs, words):
 def test_refuses_a_directory_that_is_not_a_sweep(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(GraceError, match="not a sweep directory"):
-        run_sweep(tmp_path, **GRID, overrides=TRAIN, progress=False)
+        run_sweep(tmp_path, **GRID, overrides=TRAIN, execution=ONE_THREAD, progress=False)
 
 
 def test_threads_divide_the_cores():

@@ -89,13 +89,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "GLOBAL" in str(err):  # the file asks to build an object by import: never allowed
             raise GraceError(
                 f"checkpoint {path} is refused: it holds objects other than tensors and plain "
                 "values (GRACE never unpickles code from a model file)"
             ) from None
         raise GraceError(
-            f"checkpoint {path} is corrupt or truncated: {_first_line(err)}{_offer_best(path)}"
+            f"checkpoint {path} is corrupt or truncated: not a torch checkpoint{_offer_best(path)}"
         ) from None
     except Exception as err:  # torch.load raises many types for damaged files
         raise GraceError(

@@ -236,19 +236,7 @@ class RunDir:
     def read_table(self, name: str) -> pd.DataFrame:
         """One CSV table of the run; ``GraceError`` if missing, unreadable, short of columns
         or empty."""
-        path = self.path / name
-        if not path.is_file():
-            raise GraceError(f"{name} not found")
-        try:
-            df = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-            raise GraceError(f"{name} could not be read ({type(e).__name__}: {e})") from None
-        missing = [c for c in REQUIRED.get(name, ()) if c not in df.columns]
-        if missing:
-            raise GraceError(f"{name} lacks column(s) {', '.join(missing)}")
-        if df.empty:
-            raise GraceError(f"{name} has no rows")
-        return df
+        return read_csv(self.path / name, REQUIRED.get(name, ()))
 
     def read_grad_norms(self) -> np.ndarray:
         path = self.path / GRAD_NORMS
@@ -259,6 +247,16 @@ class RunDir:
         except (OSError, ValueError) as exc:
             raise GraceError(f"{GRAD_NORMS} could not be read ({exc})") from None
 
+    def read_events(self) -> list[str]:
+        """The lines of ``events.log`` (none when it is missing); unreadable is a ``GraceError``."""
+        path = self.path / EVENTS
+        if not path.is_file():
+            return []
+        try:
+            return path.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            raise GraceError(f"{EVENTS} could not be read ({exc})") from None
+
     def epochs_written(self) -> int:
         """Rows in ``history.csv`` (0 when it is missing)."""
         path = self.path / HISTORY
@@ -266,3 +264,25 @@ class RunDir:
             return 0
         with open(path, newline="") as f:
             return max(sum(1 for _ in f) - 1, 0)
+
+
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV table with at least one row and the ``required`` columns.
+
+    A missing, unreadable, short or empty file is a ``GraceError`` whose one-line message
+    starts with the file's name (``history.csv not found``, ``… lacks column(s) …``).
+    """
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise GraceError(f"{name} not found")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise GraceError(f"{name} could not be read ({type(e).__name__}: {e})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise GraceError(f"{name} lacks column(s) {', '.join(missing)}")
+    if df.empty:
+        raise GraceError(f"{name} has no rows")
+    return df

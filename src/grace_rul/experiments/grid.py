@@ -7,6 +7,9 @@ A sweep directory holds::
     failures.json    cells that failed twice, with their error
     sweep.log        what each invocation did (skipped, resumed, wiped, failed)
     results.csv, summary.md, summary.csv   the tables (grace_rul.experiments.tables)
+    .lock            held by the running ``grace sweep`` (grace_rul.experiments.lock)
+
+A cell's run directory is read only through :class:`grace_rul.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ import yaml
 
 from grace_rul.checkpoint import atomic_write_json, atomic_write_text
 from grace_rul.errors import GraceError
+from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir
 
 GRID_FILE = "sweep.yaml"
 FAILURES_FILE = "failures.json"
 LOG_FILE = "sweep.log"
+RESULTS_FILE = "results.csv"
+SUMMARY_MD_FILE = "summary.md"
+SUMMARY_CSV_FILE = "summary.csv"
+LOCK_FILE = ".lock"
 RUNS_DIR = "runs"
 AXES = ("datasets", "balancers", "seeds")
 
@@ -149,16 +157,22 @@ class CellState:
     metrics: dict[str, Any] | None = None
 
 
-def read_metrics(path: Path) -> dict[str, Any]:
-    """A finished run's metrics.json; ValueError if unreadable or without test.rmse_last."""
+def read_metrics(run: RunDir) -> dict[str, Any]:
+    """A finished cell's metrics (:meth:`RunDir.read_metrics`) that also hold a numeric
+    test.rmse_last; ``ValueError`` with a short reason otherwise (it goes into sweep.log)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"unreadable metrics.json ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("test"), dict):
-        raise ValueError("metrics.json has no 'test' section")
+        data = run.read_metrics()
+    except GraceError as exc:
+        # sweep.log keeps its short form: the type of the JSON/OS error behind RunDir's
+        # message (which names the full path); a file that parses is not a JSON object.
+        cause = exc.__context__
+        if cause is None:
+            raise ValueError(f"{METRICS} is not a JSON object") from None
+        raise ValueError(f"unreadable {METRICS} ({type(cause).__name__})") from None
+    if not isinstance(data.get("test"), dict):
+        raise ValueError(f"{METRICS} has no 'test' section")
     if not isinstance(data["test"].get("rmse_last"), (int, float)):
-        raise ValueError("metrics.json has no test.rmse_last")
+        raise ValueError(f"{METRICS} has no test.rmse_last")
     return data
 
 
@@ -175,33 +189,32 @@ def inspect_cell(path: Path, *, check_checkpoint: bool = True) -> CellState:
         return CellState(CORRUPT, f"{path.name} is a file, not a run directory")
     if not path.is_dir() or not any(path.iterdir()):
         return CellState(MISSING)
-    metrics = path / "metrics.json"
-    if metrics.exists():
+    run = RunDir(path)
+    if (run / METRICS).exists():
         try:
-            return CellState(DONE, metrics=read_metrics(metrics))
+            return CellState(DONE, metrics=read_metrics(run))
         except ValueError as exc:
             return CellState(CORRUPT, str(exc))
-    last = path / "checkpoints" / "last.pt"
-    if not last.exists():
-        return CellState(INCOMPLETE, "no metrics.json and no checkpoints/last.pt")
+    if not run.last.exists():
+        return CellState(INCOMPLETE, f"no {METRICS} and no {LAST}")
     if not check_checkpoint:
-        return CellState(INTERRUPTED, "checkpoints/last.pt present")
+        return CellState(INTERRUPTED, f"{LAST} present")
     try:
-        saved = yaml.safe_load((path / "config.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        saved = None
-    if not isinstance(saved, dict) or "train" not in saved:
+        saved = run.read_config()
+    except GraceError:
+        saved = {}
+    if "train" not in saved:
         # The trainer needs config.yaml to resume.
-        return CellState(CORRUPT, "config.yaml missing or unreadable")
+        return CellState(CORRUPT, f"{CONFIG} missing or unreadable")
     from grace_rul.checkpoint import load_checkpoint  # torch: only when there is a checkpoint
 
     try:
-        state = load_checkpoint(last)
+        state = load_checkpoint(run.last)
     except GraceError as exc:
-        return CellState(CORRUPT, f"unreadable checkpoints/last.pt ({exc})")
-    if "epoch" not in state:
-        return CellState(CORRUPT, "checkpoints/last.pt is not a resumable checkpoint")
-    return CellState(INTERRUPTED, f"checkpoints/last.pt at epoch {int(state['epoch']) + 1}")
+        return CellState(CORRUPT, f"unreadable {LAST} ({exc})")
+    if not isinstance(state.get("loop"), dict) or "epoch" not in state["loop"]:
+        return CellState(CORRUPT, f"{LAST} is not a resumable checkpoint")
+    return CellState(INTERRUPTED, f"{LAST} after epoch {int(state['loop']['epoch'])}")
 
 
 # ---- failures.json: cells that failed twice in the latest attempt

@@ -4,6 +4,8 @@
 resumes interrupted ones from ``checkpoints/last.pt``, wipes and re-runs cells whose
 files are unreadable, retries a failing cell once and then records it in
 ``failures.json`` while the other cells finish. It ends by writing the tables.
+It holds the sweep directory's lock (:mod:`grace_rul.experiments.lock`) while it writes,
+so a second sweep on the same directory is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from grace_rul.experiments.grid import (
     GRID_FILE,
     INCOMPLETE,
     INTERRUPTED,
+    LOCK_FILE,
     LOG_FILE,
     RUNS_DIR,
     Cell,
@@ -42,6 +45,7 @@ from grace_rul.experiments.grid import (
     write_failures,
     write_grid,
 )
+from grace_rul.experiments.lock import sweep_lock
 from grace_rul.experiments.tables import Summary, write_tables
 
 # Settings the grid axes own; a sweep's overrides may not set them.
@@ -221,8 +225,8 @@ def run_sweep(
         protocol=base.train.protocol,
     )
 
-    if (sweep_dir / GRID_FILE).exists():
-        on_disk = read_grid(sweep_dir)
+    on_disk = _grid_on_disk(sweep_dir)
+    if on_disk is not None:
         diff = grid.differences(on_disk)
         if diff:
             axes_only = set(diff) <= set(AXES)
@@ -234,7 +238,9 @@ def run_sweep(
             grid = grid.union(on_disk)
         else:
             grid = on_disk  # keep the recorded order
-    elif sweep_dir.is_dir() and any(p.name != RUNS_DIR for p in sweep_dir.iterdir()):
+    elif sweep_dir.is_dir() and any(
+        p.name not in (RUNS_DIR, LOCK_FILE) for p in sweep_dir.iterdir()
+    ):
         raise GraceError(f"{sweep_dir} exists and is not a sweep directory (no {GRID_FILE})")
 
     if executor == "local":
@@ -251,90 +257,98 @@ def run_sweep(
     }  # every cell validated before anything is written
     cell_execution = asdict(replace(exe, threads=threads, progress=False, quiet=True))
 
-    (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-    write_grid(sweep_dir, grid)
-    log = _Log(sweep_dir / LOG_FILE, echo=progress)
-    result = SweepResult(sweep_dir=sweep_dir, grid=grid, cells=[c.name for c in cells])
-    failures = read_failures(sweep_dir)
-    failures = {k: v for k, v in failures.items() if k in configs}
-    log(
-        f"sweep {sweep_dir}: {len(cells)} cells ({len(grid.datasets)} datasets x "
-        f"{len(grid.balancers)} balancers x {len(grid.seeds)} seeds), preset {grid.preset}, "
-        f"protocol {grid.protocol}, executor {executor}"
-    )
+    with sweep_lock(sweep_dir):  # held until the tables are written; refused if taken
+        if _grid_on_disk(sweep_dir) != on_disk:  # another sweep ran in between
+            raise GraceError(f"{sweep_dir} changed while this sweep started; run it again")
+        (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        write_grid(sweep_dir, grid)
+        log = _Log(sweep_dir / LOG_FILE, echo=progress)
+        result = SweepResult(sweep_dir=sweep_dir, grid=grid, cells=[c.name for c in cells])
+        failures = read_failures(sweep_dir)
+        failures = {k: v for k, v in failures.items() if k in configs}
+        log(
+            f"sweep {sweep_dir}: {len(cells)} cells ({len(grid.datasets)} datasets x "
+            f"{len(grid.balancers)} balancers x {len(grid.seeds)} seeds), preset {grid.preset}, "
+            f"protocol {grid.protocol}, executor {executor}"
+        )
 
-    def plan(cell: Cell, first: bool) -> CellTask | None:
-        path = cell_dir(sweep_dir, cell)
-        state = inspect_cell(path)
-        if state.status == DONE:
-            return None
-        if state.status == INTERRUPTED:
-            action = "resume"
-            if first:
-                result.resumed.append(cell.name)
-            log(f"{cell.name}: interrupted ({state.reason}); resuming")
-        elif state.status in (CORRUPT, INCOMPLETE):
-            action = "rerun"
-            if first:
-                result.rerun.append(cell.name)
-            log(f"{cell.name}: {state.status} ({state.reason}); wiping and re-running")
-        else:
-            action = "train"
-            if first:
-                result.trained.append(cell.name)
-        return CellTask(cell.name, str(path), configs[cell.name], action, cell_execution)
+        def plan(cell: Cell, first: bool) -> CellTask | None:
+            path = cell_dir(sweep_dir, cell)
+            state = inspect_cell(path)
+            if state.status == DONE:
+                return None
+            if state.status == INTERRUPTED:
+                action = "resume"
+                if first:
+                    result.resumed.append(cell.name)
+                log(f"{cell.name}: interrupted ({state.reason}); resuming")
+            elif state.status in (CORRUPT, INCOMPLETE):
+                action = "rerun"
+                if first:
+                    result.rerun.append(cell.name)
+                log(f"{cell.name}: {state.status} ({state.reason}); wiping and re-running")
+            else:
+                action = "train"
+                if first:
+                    result.trained.append(cell.name)
+            return CellTask(cell.name, str(path), configs[cell.name], action, cell_execution)
 
-    todo: list[tuple[Cell, CellTask]] = []
-    for cell in cells:
-        task = plan(cell, first=True)
-        if task is None:
-            result.skipped.append(cell.name)
-            failures.pop(cell.name, None)
-        else:
-            todo.append((cell, task))
-    if result.skipped:
-        log(f"{len(result.skipped)} cells already finished: skipped")
-    write_failures(sweep_dir, failures)
+        todo: list[tuple[Cell, CellTask]] = []
+        for cell in cells:
+            task = plan(cell, first=True)
+            if task is None:
+                result.skipped.append(cell.name)
+                failures.pop(cell.name, None)
+            else:
+                todo.append((cell, task))
+        if result.skipped:
+            log(f"{len(result.skipped)} cells already finished: skipped")
+        write_failures(sweep_dir, failures)
 
-    bar = tqdm(
-        total=len(cells),
-        initial=len(result.skipped),
-        desc="sweep",
-        unit="cell",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    try:
-        if todo:
-            _execute(
-                todo,
-                plan,
-                result,
-                failures,
-                log,
-                bar,
-                sweep_dir,
-                executor=executor,
-                workers=workers,
-                threads=threads,
-                ray_address=ray_address,
-                cpus_per_task=cpus_per_task,
-                gpus_per_task=gpus_per_task,
-            )
-    except KeyboardInterrupt:
-        log("interrupted: run the same command again to resume")
-        raise
-    finally:
-        bar.close()
-    result.results, result.summary = write_tables(sweep_dir)
-    result.seconds = time.perf_counter() - started
-    done = int((result.results["status"] == DONE).sum())
-    log(
-        f"sweep finished in {result.seconds:.1f}s: {done}/{len(cells)} cells done, "
-        f"{len(result.failed)} failed; tables in {sweep_dir}"
-    )
+        bar = tqdm(
+            total=len(cells),
+            initial=len(result.skipped),
+            desc="sweep",
+            unit="cell",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        try:
+            if todo:
+                _execute(
+                    todo,
+                    plan,
+                    result,
+                    failures,
+                    log,
+                    bar,
+                    sweep_dir,
+                    executor=executor,
+                    workers=workers,
+                    threads=threads,
+                    ray_address=ray_address,
+                    cpus_per_task=cpus_per_task,
+                    gpus_per_task=gpus_per_task,
+                )
+        except KeyboardInterrupt:
+            log("interrupted: run the same command again to resume")
+            raise
+        finally:
+            bar.close()
+        result.results, result.summary = write_tables(sweep_dir)
+        result.seconds = time.perf_counter() - started
+        done = int((result.results["status"] == DONE).sum())
+        log(
+            f"sweep finished in {result.seconds:.1f}s: {done}/{len(cells)} cells done, "
+            f"{len(result.failed)} failed; tables in {sweep_dir}"
+        )
     return result
+
+
+def _grid_on_disk(sweep_dir: Path) -> Grid | None:
+    """The grid recorded in ``sweep_dir``, or None for a new sweep."""
+    return read_grid(sweep_dir) if (sweep_dir / GRID_FILE).exists() else None
 
 
 def _execute(

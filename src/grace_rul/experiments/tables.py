@@ -1,5 +1,7 @@
 """Result tables of a sweep: one row per cell, and balancers x subsets summaries.
 
+One :class:`Summary` renders every format: Markdown (``summary.md``, ``grace table``),
+CSV (``summary.csv``), LaTeX (``grace table --format latex``) and HTML (the sweep report).
 Summary conventions (used by every format):
 
 - a table cell is ``mean ± std (n=k)`` over the seeds that finished; std is the
@@ -15,6 +17,7 @@ Summary conventions (used by every format):
 
 from __future__ import annotations
 
+import html
 import io
 import math
 from dataclasses import dataclass
@@ -29,6 +32,9 @@ from grace_rul.config import PROTOCOL_LABELS
 from grace_rul.errors import GraceError
 from grace_rul.experiments.grid import (
     DONE,
+    RESULTS_FILE,
+    SUMMARY_CSV_FILE,
+    SUMMARY_MD_FILE,
     cell_dir,
     inspect_cell,
     read_failures,
@@ -64,12 +70,13 @@ SUMMARY_COLUMNS = [
     "nasa_text",
     "protocol",
 ]
-FORMATS = ("markdown", "latex", "csv")
-# (column in results, heading, decimals)
+FORMATS = ("markdown", "latex", "csv")  # grace table; HTML is Summary.to_html (the report)
+# (key, column in results, heading, decimals)
 METRICS = (
     ("rmse", "rmse_last", "Test RMSE (last window)", 2),
     ("nasa", "nasa_score", "NASA score", 1),
 )
+DECIMALS = {key: decimals for key, _, _, decimals in METRICS}
 
 
 def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFrame:
@@ -91,19 +98,7 @@ def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFram
             "protocol": grid.protocol,
         }
         if state.status == DONE:
-            m = state.metrics or {}
-            test = m["test"]
-            row.update(
-                status=DONE,
-                rmse_last=test.get("rmse_last"),
-                nasa_score=test.get("nasa_score"),
-                mae=test.get("mae"),
-                health_accuracy=test.get("health_accuracy"),
-                best_epoch=m.get("best_epoch"),
-                epochs_run=m.get("epochs_run"),
-                seconds=m.get("seconds"),
-                protocol=m.get("protocol", grid.protocol),
-            )
+            row.update(result_row(state.metrics or {}, grid.protocol))
         elif cell.name in failures:
             row.update(status="failed", error=failures[cell.name].get("error", ""))
         elif state.status in ("missing", "incomplete"):
@@ -111,15 +106,37 @@ def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFram
         else:
             row.update(status=state.status)
         rows.append(row)
+    df = results_frame(rows)
+    df["seed"] = df["seed"].astype(int)
+    if write:
+        atomic_write_text(sweep_dir / RESULTS_FILE, df.to_csv(index=False))
+    return df
+
+
+def result_row(metrics: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """The result columns of one finished run's metrics (``protocol`` when they name none)."""
+    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+    return {
+        "status": DONE,
+        "rmse_last": test.get("rmse_last"),
+        "nasa_score": test.get("nasa_score"),
+        "mae": test.get("mae"),
+        "health_accuracy": test.get("health_accuracy"),
+        "best_epoch": metrics.get("best_epoch"),
+        "epochs_run": metrics.get("epochs_run"),
+        "seconds": metrics.get("seconds"),
+        "protocol": metrics.get("protocol", protocol),
+    }
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Result rows (dataset, balancer, seed, status, ...) as a table of ``RESULT_COLUMNS``."""
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for col in ("rmse_last", "nasa_score", "mae", "health_accuracy", "seconds"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     for col in ("best_epoch", "epochs_run"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    df["seed"] = df["seed"].astype(int)
     df["error"] = df["error"].astype(object).where(df["error"].notna(), "")
-    if write:
-        atomic_write_text(sweep_dir / "results.csv", df.to_csv(index=False))
     return df
 
 
@@ -154,12 +171,12 @@ class Summary:
     protocol: str
     counts: dict[str, int]
 
-    def _cell(self, balancer: str, dataset: str) -> pd.Series:
+    def _entry(self, balancer: str, dataset: str, key: str, pm: str) -> tuple[str, bool]:
+        """One table entry of metric ``key``: its text and whether it is the subset's best."""
         s = self.stats
-        return s[(s["balancer"] == balancer) & (s["dataset"] == dataset)].iloc[0]
-
-    def _text(self, row: pd.Series, key: str, decimals: int, pm: str) -> str:
-        return format_stat(row[f"{key}_mean"], row[f"{key}_std"], int(row["n"]), decimals, pm)
+        row = s[(s["balancer"] == balancer) & (s["dataset"] == dataset)].iloc[0]
+        text = format_stat(row[f"{key}_mean"], row[f"{key}_std"], int(row["n"]), DECIMALS[key], pm)
+        return text, bool(row[f"best_{key}"])
 
     def _footnote(self) -> str:
         c = self.counts
@@ -173,19 +190,44 @@ class Summary:
     def to_markdown(self, title: str | None = None) -> str:
         lines = [f"# {title}", ""] if title else []
         lines += [f"Protocol: **{self.protocol}**", "", self._footnote(), ""]
-        for key, _, heading, decimals in METRICS:
+        for key, _, heading, _ in METRICS:
             lines += [f"## {heading}", ""]
             lines.append("| balancer | " + " | ".join(self.datasets) + " |")
             lines.append("|---|" + "---|" * len(self.datasets))
             for b in self.balancers:
                 cells = []
                 for d in self.datasets:
-                    row = self._cell(b, d)
-                    text = self._text(row, key, decimals, "±")
-                    cells.append(f"**{text}**" if row[f"best_{key}"] else text)
+                    text, best = self._entry(b, d, key, "±")
+                    cells.append(f"**{text}**" if best else text)
                 lines.append(f"| {b} | " + " | ".join(cells) + " |")
             lines.append("")
         return "\n".join(lines)
+
+    def to_html(self, title: str | None = None) -> str:
+        """An HTML fragment (every text escaped): the protocol line, the footnote and one
+        table per metric, best entries in ``<strong>``; headings start at ``<h3>``."""
+        esc = html.escape
+        parts = [f"<h3>{esc(title)}</h3>"] if title else []
+        parts += [
+            f"<p>Protocol: <strong>{esc(self.protocol)}</strong></p>",
+            f"<p>{esc(self._footnote())}</p>",
+        ]
+        head = "".join(f"<th>{esc(c)}</th>" for c in ["balancer", *self.datasets])
+        level = 4 if title else 3
+        for key, _, heading, _ in METRICS:
+            rows = []
+            for b in self.balancers:
+                cells = [f"<td>{esc(b)}</td>"]
+                for d in self.datasets:
+                    text, best = self._entry(b, d, key, "±")
+                    text = f"<strong>{esc(text)}</strong>" if best else esc(text)
+                    cells.append(f"<td>{text}</td>")
+                rows.append(f"<tr>{''.join(cells)}</tr>")
+            parts.append(
+                f"<h{level}>{esc(heading)}</h{level}><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{''.join(rows)}</tbody></table>"
+            )
+        return "\n".join(parts)
 
     def to_latex(self, caption: str | None = None) -> str:
         cols = "l" + "cc" * len(self.datasets)
@@ -198,10 +240,10 @@ class Summary:
         for b in self.balancers:
             cells = []
             for d in self.datasets:
-                row = self._cell(b, d)
-                for key, _, _, decimals in METRICS:
-                    text = self._text(row, key, decimals, r"$\pm$").replace("—", "---")
-                    cells.append(rf"\textbf{{{text}}}" if row[f"best_{key}"] else text)
+                for key, _, _, _ in METRICS:
+                    text, best = self._entry(b, d, key, r"$\pm$")
+                    text = text.replace("—", "---")
+                    cells.append(rf"\textbf{{{text}}}" if best else text)
             body.append(f"{_tex(b)} & " + " & ".join(cells) + r" \\")
         cap = caption or (
             f"Test RMSE (last window) and NASA score, mean $\\pm$ sample std over seeds "
@@ -303,9 +345,9 @@ def write_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, Summary]:
     df = collect_results(sweep_dir, write=True)
     summary = summarise(df)
     atomic_write_text(
-        sweep_dir / "summary.md", summary.to_markdown(title=f"Sweep {sweep_dir.name}")
+        sweep_dir / SUMMARY_MD_FILE, summary.to_markdown(title=f"Sweep {sweep_dir.name}")
     )
-    atomic_write_text(sweep_dir / "summary.csv", summary.to_csv())
+    atomic_write_text(sweep_dir / SUMMARY_CSV_FILE, summary.to_csv())
     return df, summary
 
 

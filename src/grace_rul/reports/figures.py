@@ -20,6 +20,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from grace_rul.reports.loading import RunData, finite
+from grace_rul.rundir import (
+    GRAD_NORMS,
+    GRAD_STATS,
+    HISTORY,
+    METRICS,
+    PREDICTIONS,
+    TRAJECTORIES,
+)
 
 HEALTH_CLASSES = ("healthy", "degrading", "critical")
 
@@ -92,12 +100,12 @@ def training_curves(run: RunData) -> Rendered:
     """Train loss (with LR on a twin axis) and validation RMSE per epoch, best epoch marked."""
     hist = run.history
     if hist is None:
-        raise Skip(run.why_missing("history.csv"))
+        raise Skip(run.why_missing(HISTORY))
     epoch = _numeric(hist, "epoch")
     loss = _numeric(hist, "train_loss")
     val = _numeric(hist, "val_rmse")
     if not np.isfinite(epoch).any():
-        raise Skip("history.csv has no epochs")
+        raise Skip(f"{HISTORY} has no epochs")
     best = _best_epoch(run, hist)
 
     fig = _figure(8.0, 6.2)
@@ -157,10 +165,10 @@ def task_weights(run: RunData) -> Rendered:
     """Applied, raw and smoothed task weights λ per epoch from gradient_stats.csv."""
     gs = run.grad_stats
     if gs is None:
-        raise Skip(run.why_missing("gradient_stats.csv"))
+        raise Skip(run.why_missing(GRAD_STATS))
     tasks = _weight_tasks(gs)
     if not tasks:
-        raise Skip("gradient_stats.csv has no w_* columns")
+        raise Skip(f"{GRAD_STATS} has no w_* columns")
     epoch = _numeric(gs, "epoch")
     fig = _figure(8.0, 4.2)
     ax = fig.subplots()
@@ -186,7 +194,7 @@ def task_weights(run: RunData) -> Rendered:
             )
             drawn += 1
     if not drawn:
-        raise Skip("gradient_stats.csv has no finite task weights")
+        raise Skip(f"{GRAD_STATS} has no finite task weights")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("task weight λ (epoch mean)")
@@ -229,11 +237,11 @@ def _clip_info(run: RunData, norms: np.ndarray) -> tuple[float | None, float | N
 def grad_norm_histogram(run: RunData) -> Rendered:
     """Histogram of every step's pre-clip joint gradient norm with the clip threshold."""
     if run.grad_norms is None:
-        raise Skip(run.why_missing("grad_norms.npy"))
+        raise Skip(run.why_missing(GRAD_NORMS))
     raw = run.grad_norms
     norms = raw[np.isfinite(raw)]
     if norms.size == 0:
-        raise Skip("grad_norms.npy holds no finite gradient norms")
+        raise Skip(f"{GRAD_NORMS} holds no finite gradient norms")
     threshold, fraction, note = _clip_info(run, norms)
 
     fig = _figure(8.0, 4.2)
@@ -271,11 +279,11 @@ def predictions_plot(run: RunData) -> Rendered:
     """Predicted and true last-window RUL of every test unit, units sorted by true RUL."""
     pred = run.predictions
     if pred is None:
-        raise Skip(run.why_missing("predictions.csv"))
+        raise Skip(run.why_missing(PREDICTIONS))
     df = pd.DataFrame({"true": _numeric(pred, "true_rul"), "pred": _numeric(pred, "pred_rul")})
     df = df.dropna().sort_values("true", kind="stable").reset_index(drop=True)
     if df.empty:
-        raise Skip("predictions.csv has no numeric predictions")
+        raise Skip(f"{PREDICTIONS} has no numeric predictions")
     x = np.arange(1, len(df) + 1)
     fig = _figure(9.0, 4.4)
     ax = fig.subplots()
@@ -301,10 +309,10 @@ def trajectories_plot(run: RunData, max_units: int = 2) -> Rendered:
     """True vs predicted RUL over the whole life of one or two test engines."""
     tr = run.trajectories
     if tr is None:
-        raise Skip(run.why_missing("trajectories.csv"))
+        raise Skip(run.why_missing(TRAJECTORIES))
     units = list(pd.unique(tr["unit"]))[:max_units]
     if not units:
-        raise Skip("trajectories.csv has no units")
+        raise Skip(f"{TRAJECTORIES} has no units")
     fig = _figure(5.0 * len(units) + 1.0, 4.2)
     axes = np.atleast_1d(fig.subplots(1, len(units), sharey=True))
     for ax, unit in zip(axes, units):
@@ -332,7 +340,7 @@ def confusion_plot(run: RunData) -> Rendered:
     except (TypeError, ValueError):
         mat = np.empty(0)
     if mat.shape != (3, 3) or not np.isfinite(mat).all():
-        raise Skip("metrics.json has no 3x3 test confusion matrix")
+        raise Skip(f"{METRICS} has no 3x3 test confusion matrix")
     fig = _figure(5.6, 4.8)
     ax = fig.subplots()
     image = ax.imshow(mat, cmap="Blues", vmin=0)
@@ -469,7 +477,7 @@ def sweep_task_weights(runs: Sequence[RunData]) -> Rendered:
         part["dataset"], part["balancer"] = run.dataset, run.balancer
         frames.append(part)
     if not frames:
-        raise Skip("no cell has gradient_stats.csv with task weights")
+        raise Skip(f"no cell has {GRAD_STATS} with task weights")
     data = pd.concat(frames, ignore_index=True)
     tasks = [c for c in data.columns if c not in ("epoch", "dataset", "balancer")]
     datasets = _order(data["dataset"])

@@ -1,13 +1,13 @@
-"""Read run directories and sweep directories (notes/RUNDIR.md) for the report.
+"""Read run directories and sweep directories for the report.
 
-``metrics.json`` is required (its presence means a run finished); every other file
-is optional here: a missing or unreadable one becomes a note and its figure is
-skipped, so a report can always be written for a finished run.
+Run directories are read through :class:`grace_rul.rundir.RunDir` and sweep directories
+through :mod:`grace_rul.experiments`. ``metrics.json`` is required (its presence means a
+run finished); every other file is optional here: a missing or unreadable one becomes a
+note and its figure is skipped, so a report can always be written for a finished run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +15,30 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from grace_rul.errors import GraceError
+from grace_rul.experiments.grid import GRID_FILE, RESULTS_FILE, RUNS_DIR, read_grid
+from grace_rul.experiments.tables import (
+    Summary,
+    collect_results,
+    result_row,
+    results_frame,
+    summarise,
+)
+from grace_rul.rundir import (
+    CONFIG,
+    EVENTS,
+    GRAD_NORMS,
+    GRAD_STATS,
+    HISTORY,
+    METRICS,
+    PREDICTIONS,
+    TRAJECTORIES,
+    RunDir,
+    read_csv,
+)
 
-NO_RUN_HINT = "expected metrics.json + history.csv (a run dir) or runs/*/metrics.json (a sweep dir)"
+NO_RUN_HINT = f"expected {METRICS} + {HISTORY} (a run dir) or {RUNS_DIR}/*/{METRICS} (a sweep dir)"
 
 
 @dataclass
@@ -34,6 +53,7 @@ class RunData:
     grad_norms: np.ndarray | None = None
     predictions: pd.DataFrame | None = None
     trajectories: pd.DataFrame | None = None
+    events: list[str] = field(default_factory=list)  # events.log lines
     problems: dict[str, str] = field(default_factory=dict)  # file name -> what is wrong with it
 
     @property
@@ -65,12 +85,12 @@ class RunData:
 
 @dataclass
 class SweepData:
-    """The finished cells of a sweep directory plus its optional tables."""
+    """The finished cells of a sweep directory, its summary and its optional tables."""
 
     path: Path
     runs: list[RunData]
+    summary: Summary | None = None  # from the cells (the same object that writes summary.md)
     results: pd.DataFrame | None = None  # SWEEP_DIR/results.csv
-    summary_md: str | None = None  # SWEEP_DIR/summary.md
     spec: dict[str, Any] | None = None  # SWEEP_DIR/sweep.yaml
     notes: list[str] = field(default_factory=list)
 
@@ -85,108 +105,91 @@ def _get(d: dict[str, Any] | None, *keys: str) -> Any:
 
 def is_run_dir(path: Path) -> bool:
     """A finished run: ``metrics.json`` and ``history.csv`` side by side."""
-    return (path / "metrics.json").is_file() and (path / "history.csv").is_file()
+    run = RunDir(path)
+    return run.is_finished() and (run / HISTORY).is_file()
 
 
 def sweep_cells(path: Path) -> list[Path]:
     """Finished cells of a sweep: ``runs/*/`` directories holding ``metrics.json``."""
-    runs = path / "runs"
+    runs = path / RUNS_DIR
     if not runs.is_dir():
         return []
-    return sorted(d for d in runs.iterdir() if d.is_dir() and (d / "metrics.json").is_file())
+    return sorted(d for d in runs.iterdir() if d.is_dir() and RunDir(d).is_finished())
 
 
-def _read_csv(
-    path: Path, problems: dict[str, str], required: tuple[str, ...]
-) -> pd.DataFrame | None:
-    if not path.is_file():
-        problems[path.name] = "not found"
-        return None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-        problems[path.name] = f"could not be read ({type(e).__name__}: {e})"
-        return None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        problems[path.name] = f"lacks column(s) {', '.join(missing)}"
-        return None
-    if df.empty:
-        problems[path.name] = "has no rows"
-        return None
-    return df
-
-
-def load_metrics(path: Path) -> dict[str, Any]:
-    """Parse a ``metrics.json``; a broken file is a :class:`GraceError` naming it."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GraceError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise GraceError(f"{path} must hold a JSON object")
-    return data
+def _why(name: str, exc: GraceError) -> str:
+    """RunDir's one-line message without the file name it starts with (notes add it back)."""
+    text = str(exc)
+    return text[len(name) + 1 :] if text.startswith(f"{name} ") else text
 
 
 def load_run(path: str | Path) -> RunData:
     """Load one run directory; only ``metrics.json`` must exist and parse."""
-    path = Path(path)
-    run = RunData(path=path, metrics=load_metrics(path / "metrics.json"))
+    rundir = RunDir(path)
+    run = RunData(path=rundir.path, metrics=rundir.read_metrics())
     problems = run.problems
 
-    cfg_path = path / "config.yaml"
-    if cfg_path.is_file():
+    if (rundir / CONFIG).is_file():
         try:
-            cfg = yaml.safe_load(cfg_path.read_text())
-            run.config = cfg if isinstance(cfg, dict) else None
-        except (OSError, yaml.YAMLError) as e:
-            problems["config.yaml"] = f"could not be read ({e})"
+            run.config = rundir.read_config()
+        except GraceError as exc:
+            problems[CONFIG] = str(exc)
     else:
-        problems["config.yaml"] = "not found"
+        problems[CONFIG] = "not found"
 
-    run.history = _read_csv(path / "history.csv", problems, ("epoch", "train_loss", "val_rmse"))
-    run.grad_stats = _read_csv(path / "gradient_stats.csv", problems, ("epoch",))
-    run.predictions = _read_csv(
-        path / "predictions.csv", problems, ("unit", "true_rul", "pred_rul")
-    )
-    run.trajectories = _read_csv(
-        path / "trajectories.csv", problems, ("unit", "cycle", "true_rul", "pred_rul")
-    )
-
-    norms_path = path / "grad_norms.npy"
-    if norms_path.is_file():
+    def table(name: str) -> pd.DataFrame | None:
         try:
-            arr = np.load(norms_path, allow_pickle=False)
-            run.grad_norms = np.asarray(arr, dtype=np.float64).ravel()
-        except (OSError, ValueError) as e:
-            problems["grad_norms.npy"] = f"could not be read ({e})"
-    else:
-        problems["grad_norms.npy"] = "not found"
+            return rundir.read_table(name)
+        except GraceError as exc:
+            problems[name] = _why(name, exc)
+            return None
+
+    run.history = table(HISTORY)
+    run.grad_stats = table(GRAD_STATS)
+    run.predictions = table(PREDICTIONS)
+    run.trajectories = table(TRAJECTORIES)
+    try:
+        run.grad_norms = rundir.read_grad_norms()
+    except GraceError as exc:
+        problems[GRAD_NORMS] = _why(GRAD_NORMS, exc)
+    try:
+        run.events = rundir.read_events()
+    except GraceError as exc:
+        problems[EVENTS] = _why(EVENTS, exc)
     return run
 
 
 def load_sweep(path: str | Path) -> SweepData:
-    """Load every finished cell under ``runs/`` plus results.csv / summary.md / sweep.yaml."""
+    """Load every finished cell under ``runs/``, summarise the sweep, and read results.csv
+    and sweep.yaml.
+
+    With a ``sweep.yaml`` the summary is that of ``grace table`` (every grid cell, failed
+    and pending ones counted); without one (cells copied together by hand) it is computed
+    from the finished cells alone.
+    """
     path = Path(path)
     sweep = SweepData(path=path, runs=[load_run(d) for d in sweep_cells(path)])
-    results = path / "results.csv"
-    if results.is_file():
-        problems: dict[str, str] = {}
-        sweep.results = _read_csv(results, problems, ("dataset", "balancer", "seed"))
-        sweep.notes += [f"{name}: {why}" for name, why in problems.items()]
-    summary = path / "summary.md"
-    if summary.is_file():
+    results: pd.DataFrame | None = None
+    if (path / GRID_FILE).is_file():
         try:
-            sweep.summary_md = summary.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            sweep.notes.append(f"summary.md could not be read ({e})")
-    spec = path / "sweep.yaml"
-    if spec.is_file():
+            sweep.spec = read_grid(path).to_dict()
+            results = collect_results(path, write=False)
+        except GraceError as exc:
+            sweep.notes.append(str(exc))
+    if results is None:
+        results = results_frame(
+            [
+                {"dataset": r.dataset, "balancer": r.balancer, "seed": r.seed}
+                | result_row(r.metrics, "val")
+                for r in sweep.runs
+            ]
+        )
+    sweep.summary = summarise(results) if len(results) else None
+    if (path / RESULTS_FILE).is_file():
         try:
-            data = yaml.safe_load(spec.read_text())
-            sweep.spec = data if isinstance(data, dict) else None
-        except (OSError, yaml.YAMLError) as e:
-            sweep.notes.append(f"sweep.yaml could not be read ({e})")
+            sweep.results = read_csv(path / RESULTS_FILE, ("dataset", "balancer", "seed"))
+        except GraceError as exc:
+            sweep.notes.append(f"{RESULTS_FILE}: {_why(RESULTS_FILE, exc)}")
     return sweep
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -186,75 +185,3 @@ def run_metrics_html(run: RunData) -> str:
         '<div style="display:flex;gap:24px;flex-wrap:wrap;margin-top:14px">'
         f"{val_table}{stab_table}</div>"
     )
-
-
-# A small Markdown subset (headings, pipe tables, lists, paragraphs, **bold**, `code`):
-# enough for the sweep's summary.md without adding a dependency.
-_TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
-
-
-def _inline(text: str) -> str:
-    out = esc(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-
-
-def _cells(line: str) -> list[str]:
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|"):
-        line = line[:-1]
-    return [c.strip() for c in line.split("|")]
-
-
-def markdown_html(text: str) -> str:
-    """Render the Markdown subset of a summary table file as HTML (all text escaped)."""
-    lines = text.splitlines()
-    out: list[str] = []
-    para: list[str] = []
-    items: list[str] = []
-
-    def flush() -> None:
-        if para:
-            out.append(f"<p>{_inline(' '.join(para))}</p>")
-            para.clear()
-        if items:
-            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
-            items.clear()
-
-    i = 0
-    while i < len(lines):
-        line = lines[i].rstrip()
-        stripped = line.strip()
-        if stripped.startswith("|") and i + 1 < len(lines) and _TABLE_RULE.match(lines[i + 1]):
-            flush()
-            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(stripped))
-            body = []
-            i += 2
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                tds = "".join(f"<td>{_inline(c)}</td>" for c in _cells(lines[i]))
-                body.append(f"<tr>{tds}</tr>")
-                i += 1
-            out.append(
-                f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            )
-            continue
-        heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
-        if heading:
-            flush()
-            level = min(6, len(heading.group(1)) + 2)  # page already uses h1/h2
-            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif re.match(r"^[-*]\s+", stripped):
-            if para:
-                flush()
-            items.append(re.sub(r"^[-*]\s+", "", stripped))
-        elif not stripped:
-            flush()
-        else:
-            if items:
-                flush()
-            para.append(stripped)
-        i += 1
-    flush()
-    return "\n".join(out)

@@ -10,6 +10,7 @@ import yaml
 
 from grace_rul.checkpoint import atomic_write_bytes, atomic_write_text
 from grace_rul.errors import GraceError
+from grace_rul.experiments.grid import GRID_FILE, RESULTS_FILE
 from grace_rul.reports import figures as F
 from grace_rul.reports import page as P
 from grace_rul.reports.loading import (
@@ -21,6 +22,7 @@ from grace_rul.reports.loading import (
     load_sweep,
     sweep_cells,
 )
+from grace_rul.rundir import CONFIG, EVENTS, HISTORY, METRICS
 
 HTML_NAME = "report.html"
 # Every PNG name a report can write; stale ones from an earlier report are removed.
@@ -77,37 +79,14 @@ def _run_page(run: RunData, out: Path) -> tuple[str, set[str]]:
     ]
     if run.config:
         cfg = yaml.safe_dump(run.config, sort_keys=False)
-        body.append(f"<details><summary>config.yaml</summary><pre>{P.esc(cfg)}</pre></details>")
-    events = run.path / "events.log"
-    if events.is_file():
-        lines = events.read_text(errors="replace").splitlines()[-60:]
+        body.append(f"<details><summary>{CONFIG}</summary><pre>{P.esc(cfg)}</pre></details>")
+    if run.events:
+        lines = run.events[-60:]
         body.append(
-            f"<details><summary>events.log (last {len(lines)} lines)</summary>"
+            f"<details><summary>{EVENTS} (last {len(lines)} lines)</summary>"
             f"<pre>{P.esc(chr(10).join(lines))}</pre></details>"
         )
     return P.document(f"GRACE run report — {heading}", "\n".join(body)), written
-
-
-def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± sample std over seeds of the test metrics, per subset and balancer."""
-    rows = []
-    for (ds, bal), part in cells.groupby(["dataset", "balancer"], sort=True):
-        row = {"dataset": ds, "balancer": bal, "n": len(part)}
-        for col, name, scale, digits in (
-            ("rmse_last", "test RMSE (cycles)", 1.0, 2),
-            ("nasa_score", "NASA score", 1.0, 1),
-            ("mae", "MAE (cycles)", 1.0, 2),
-            ("health_accuracy", "health accuracy (%)", 100.0, 1),
-        ):
-            v = pd.to_numeric(part[col], errors="coerce").dropna() * scale
-            if v.empty:
-                row[name] = "n/a"
-            elif len(v) == 1:
-                row[name] = f"{v.iloc[0]:.{digits}f}"
-            else:
-                row[name] = f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def _unfinished(sweep: SweepData, cells: pd.DataFrame) -> pd.DataFrame | None:
@@ -143,12 +122,10 @@ def _sweep_page(sweep: SweepData, out: Path) -> tuple[str, set[str]]:
         ),
         "<h2>Summary</h2>",
     ]
-    if sweep.summary_md:
-        body.append('<p class="sub">From summary.md.</p>' + P.markdown_html(sweep.summary_md))
-    else:
+    if sweep.summary is not None:
         body.append(
             '<p class="sub">Computed from the finished cells: mean ± sample std over seeds.</p>'
-            + P.table_html(summary_table(cells))
+            + sweep.summary.to_html()
         )
     body += ["<h2>Figures</h2>", *blocks, "<h2>Runs</h2>"]
     formats = {
@@ -164,10 +141,10 @@ def _sweep_page(sweep: SweepData, out: Path) -> tuple[str, set[str]]:
     if sweep.results is not None and "status" in sweep.results.columns:
         counts = sweep.results["status"].astype(str).value_counts()
         text = ", ".join(f"{k}: {v}" for k, v in counts.items())
-        body.append(f"<p>results.csv status: {P.esc(text)}</p>")
+        body.append(f"<p>{RESULTS_FILE} status: {P.esc(text)}</p>")
     if unfinished is not None and not unfinished.empty:
         body.append(
-            f"<h3>{len(unfinished)} row(s) in results.csv without a finished run dir</h3>"
+            f"<h3>{len(unfinished)} row(s) in {RESULTS_FILE} without a finished run dir</h3>"
             + P.table_html(unfinished)
         )
     notes = list(sweep.notes)
@@ -176,7 +153,7 @@ def _sweep_page(sweep: SweepData, out: Path) -> tuple[str, set[str]]:
     body.append(P.notes_html(notes))
     if sweep.spec:
         spec = yaml.safe_dump(sweep.spec, sort_keys=False)
-        body.append(f"<details><summary>sweep.yaml</summary><pre>{P.esc(spec)}</pre></details>")
+        body.append(f"<details><summary>{GRID_FILE}</summary><pre>{P.esc(spec)}</pre></details>")
     return P.document(f"GRACE sweep report — {sweep.path.name}", "\n".join(body)), written
 
 
@@ -196,10 +173,8 @@ def write_report(path: str | Path, out: Path | None = None) -> Path:
         kind = "run"
     elif sweep_cells(path):
         kind = "sweep"
-    elif (path / "history.csv").is_file():
-        raise GraceError(
-            f"run in {path} has not finished: history.csv is there but metrics.json is not"
-        )
+    elif (path / HISTORY).is_file():
+        raise GraceError(f"run in {path} has not finished: {HISTORY} is there but {METRICS} is not")
     else:
         raise GraceError(f"no run found in {path}: {NO_RUN_HINT}")
 
