@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,8 @@ class LoopState:
     best_epoch: int = -1  # 0-based
     stale_epochs: int = 0
     stopped: bool = False
-    seconds: float = 0.0  # training time before this process started
+    seconds: float = 0.0  # wall time of training before this process started
+    cpu_seconds: float = 0.0  # process CPU time (all threads) before this process started
     grad_norms: list[float] = field(default_factory=list)  # every applied step's pre-clip norm
 
 
@@ -130,7 +131,7 @@ def train(
             f"{count_parameters(model):,} parameters; balancer {cfg.balancer.name}; "
             f"device {device.type}; precision {precision.mode}"
         )
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     val_rmse_shown = float("nan")
 
     while state.epoch < t.epochs and not state.stopped:
@@ -230,7 +231,16 @@ def train(
         )  # fmt: skip
         state.stopped = state.stale_epochs >= t.early_stop_patience
         state.epoch += 1
-        _save_last(run, parts, state, cfg, state.seconds + time.perf_counter() - started)
+        _save_last(
+            run,
+            parts,
+            cfg,
+            replace(
+                state,
+                seconds=state.seconds + time.perf_counter() - started,
+                cpu_seconds=state.cpu_seconds + time.process_time() - cpu_started,
+            ),
+        )
         if not exe.quiet:
             tqdm.write(
                 f"epoch {epoch + 1}/{t.epochs}  loss {stat.mean_total():.4g}  "
@@ -245,6 +255,7 @@ def train(
             )
 
     state.seconds += time.perf_counter() - started
+    state.cpu_seconds += time.process_time() - cpu_started
     metrics = _finish(run, cfg, data, parts, state, exe)
     log(
         f"done: best epoch {state.best_epoch + 1}, test rmse_last "
@@ -314,12 +325,11 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
     return parts
 
 
-def _save_last(run: RunDir, parts: dict[str, Any], state: LoopState, cfg: Config, seconds: float):
-    saved = asdict(state) | {"seconds": seconds}
+def _save_last(run: RunDir, parts: dict[str, Any], cfg: Config, state: LoopState) -> None:
     atomic_torch_save(
         {
             "components": {name: part.state_dict() for name, part in parts.items()},
-            "loop": saved,
+            "loop": asdict(state),
             "config": cfg.to_dict(),
         },
         run.last,
@@ -423,6 +433,7 @@ def _finish(
         "epochs_run": run.epochs_written(),
         "params": count_parameters(model),
         "seconds": round(state.seconds, 2),
+        "cpu_seconds": round(state.cpu_seconds, 2),
         "threads": torch.get_num_threads(),
         "stability": {
             "skipped_steps": guard.total_skipped,
