@@ -14,6 +14,16 @@ from pathlib import Path
 from grace_rul.errors import GraceError
 
 
+def _add_model_dir_options(p: argparse.ArgumentParser, metavar: str, what: str) -> None:
+    """``--out`` and the options shared by the commands that write a model directory."""
+    p.add_argument("--out", required=True, metavar=metavar, help=f"{what} to write")
+    p.add_argument(
+        "--onnx", action="store_true", help="also write model.onnx (needs grace-rul[deploy])"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a model directory in --out")
+    p.add_argument("--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files")
+
+
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``grace export``: a run (or any model) to a shareable model directory."""
     p = subparsers.add_parser(
@@ -26,12 +36,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument(
         "run", metavar="RUN_DIR", help="run directory, checkpoint, or model/ensemble directory"
     )
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
-    p.add_argument(
-        "--onnx", action="store_true", help="also write model.onnx (needs grace-rul[deploy])"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a model directory in --out")
-    p.add_argument("--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files")
+    _add_model_dir_options(p, "MODEL_DIR", "model directory")
     p.set_defaults(func=cmd_export)
     return p
 
@@ -56,12 +61,7 @@ def add_ensemble_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "mean of theirs. Scores it on the subset's test set into DIR/metrics.json.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    p.add_argument("--out", required=True, metavar="DIR", help="ensemble directory to write")
-    p.add_argument(
-        "--onnx", action="store_true", help="also write model.onnx (needs grace-rul[deploy])"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a model directory in --out")
-    p.add_argument("--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files")
+    _add_model_dir_options(p, "DIR", "ensemble directory")
     p.set_defaults(func=cmd_ensemble)
     return p
 
@@ -108,6 +108,11 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         default="torch",
         help="run the networks with PyTorch (default) or onnxruntime (model.onnx)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)",
+    )
     p.set_defaults(func=cmd_predict)
     return p
 
@@ -124,6 +129,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise GraceError(f"--out {out} is a directory; give a file name")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise GraceError(f"--threads must be >= 1 (got {args.threads})")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.backend == "onnx":
         require("onnxruntime")
     model = load_model(args.model)
