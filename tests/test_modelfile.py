@@ -12,9 +12,11 @@ import torch
 
 import grace_rul
 import grace_rul.inference.modelfile as modelfile
+from grace_rul import evaluation
 from grace_rul.config import resolve_config
 from grace_rul.data import SENSORS, Normalizer, read_cmapss
 from grace_rul.errors import GraceError
+from grace_rul.evaluation import score_split
 from grace_rul.inference.conformal import Calibration, check_coverage, interval_metrics
 from grace_rul.inference.contract import DataContract
 from grace_rul.inference.gracemodel import GraceModel, Member
@@ -25,14 +27,14 @@ from grace_rul.model import build_model
 torch.set_num_threads(1)
 
 
-def untrained_model(seed: int = 0) -> GraceModel:
-    """A tiny network with random weights, FD001's normaliser and made-up residuals."""
-    cfg = resolve_config("tiny")
+def untrained_model(seed: int = 0, dataset: str = "FD001", mode: str = "global") -> GraceModel:
+    """A tiny network with random weights, a subset's normaliser and made-up residuals."""
+    cfg = resolve_config("tiny", overrides={"data": {"dataset": dataset}})
     torch.manual_seed(seed)
     net = build_model(cfg.model, max_rul=cfg.data.max_rul).eval()
-    train = read_cmapss("FD001").train
-    normalizer = Normalizer.fit(train, "global")
-    contract = DataContract.from_run(cfg.data, list(SENSORS), "global")
+    train = read_cmapss(dataset).train
+    normalizer = Normalizer.fit(train, mode)
+    contract = DataContract.from_run(cfg.data, list(SENSORS), mode)
     calibration = Calibration.from_residuals(np.linspace(-30.0, 20.0, 101))
     member = Member(net, normalizer, cfg.to_dict(), {"seed": cfg.seed})
     return GraceModel([member], contract, calibration, Normalizer.fit(train, "regime").centroids)
@@ -60,6 +62,19 @@ def test_save_and_read_round_trip_gives_identical_predictions(tmp_path):
     frame = read_cmapss("FD001").test
     pd.testing.assert_frame_equal(grace_rul.predict(model, frame), grace_rul.predict(loaded, frame))
     assert grace_rul.load_model(out / "grace_model.json").contract == model.contract
+
+
+def test_a_regime_model_on_fd002_predicts_like_evaluation_and_flags_short_units():
+    model = untrained_model(0, "FD002", "regime")
+    member = model.members[0]
+    cfg = resolve_config("tiny", overrides={"data": {"dataset": "FD002"}})
+    _, expected, _ = score_split(member.net, evaluation.test_split("FD002", cfg, member.normalizer))
+    raw = read_cmapss("FD002").test
+    table = grace_rul.predict(model, raw)
+    assert np.array_equal(table["rul"].to_numpy(), expected.astype(np.float64))
+    short = (raw.groupby("unit").size() < 30).to_numpy()
+    assert short.sum() == 6  # FD002 test units of 21-29 cycles
+    assert table["flags"].tolist() == ["short_history" if s else "" for s in short]
 
 
 def test_replacing_a_model_needs_overwrite_and_never_touches_other_directories(tmp_path):
