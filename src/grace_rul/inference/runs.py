@@ -20,7 +20,7 @@ import numpy as np
 
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.config import Config
-from grace_rul.data.cmapss import Normalizer, load_cmapss, read_cmapss
+from grace_rul.data.cmapss import Normalizer, Split, load_cmapss, read_cmapss
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import load_inference_model
 from grace_rul.inference.conformal import (
@@ -165,26 +165,27 @@ def calibrate(
     predicted by the mean of the members that held its unit out (with one member: that
     member). Centroids are the regimes of the union of the members' training units.
     """
-    datas = []
-    for cfg in cfgs:
-        local = replace(cfg.data, data_dir=source_data_dir(cfg.data.data_dir, data_dir))
-        datas.append(load_cmapss(local, cfg.seed))
     truth: dict[tuple[int, int], float] = {}
-    for data, cfg in zip(datas, cfgs):
+    held: list[tuple[Split, set[int]]] = []  # per member: validation windows, their units
+    train_units: set[int] = set()
+    for cfg in cfgs:  # one subset at a time: only the validation windows are kept
+        local = replace(cfg.data, data_dir=source_data_dir(cfg.data.data_dir, data_dir))
+        data = load_cmapss(local, cfg.seed)
         cal = calibration_windows(data, cfg.seed)
         for key in zip(cal.unit.tolist(), cal.cycle.tolist(), cal.rul.tolist()):
             truth.setdefault(key[:2], key[2])
+        held.append((data.val, set(data.val_units)))
+        train_units.update(data.train_units)
     keys = sorted(truth)
     total = np.zeros(len(keys))
     count = np.zeros(len(keys))
-    for member, data in zip(members, datas):
-        held_out = set(data.val_units)
-        row = {k: i for i, k in enumerate(zip(data.val.unit.tolist(), data.val.cycle.tolist()))}
-        picked = [(j, row[k]) for j, k in enumerate(keys) if k[0] in held_out]
+    for member, (val, val_units) in zip(members, held):
+        row = {k: i for i, k in enumerate(zip(val.unit.tolist(), val.cycle.tolist()))}
+        picked = [(j, row[k]) for j, k in enumerate(keys) if k[0] in val_units]
         if not picked:
             continue
         where, rows = (list(t) for t in zip(*picked))
-        pred, _ = predict(member.net, data.val.x[rows])
+        pred, _ = predict(member.net, val.x[rows])
         total[where] += pred.numpy().astype(np.float64)
         count[where] += 1
     true = np.array([truth[k] for k in keys], dtype=np.float64)
@@ -200,8 +201,7 @@ def calibrate(
     )
     first = cfgs[0].data
     raw = read_cmapss(first.dataset, source_data_dir(first.data_dir, data_dir))
-    units = sorted({u for data in datas for u in data.train_units})
-    train = raw.train[raw.train["unit"].isin(units)]
+    train = raw.train[raw.train["unit"].isin(sorted(train_units))]
     return calibration, Normalizer.fit(train, "regime").centroids
 
 
