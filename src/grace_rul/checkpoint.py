@@ -89,7 +89,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "GLOBAL" in str(err):  # the file asks to build an object by import: never allowed
+        # A refused global or call is a payload; "Unsupported operand" is bytes that are not
+        # a pickle at all (a damaged file), which the weights-only unpickler also reports.
+        if "Weights only load failed" in str(err) and "Unsupported operand" not in str(err):
             raise GraceError(
                 f"checkpoint {path} is refused: it holds objects other than tensors and plain "
                 "values (GRACE never unpickles code from a model file)"

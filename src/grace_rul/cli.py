@@ -15,6 +15,7 @@ from pathlib import Path
 
 from grace_rul.errors import GraceError
 from grace_rul.experiments.commands import add_sweep_parser, add_table_parser
+from grace_rul.inference.commands import add_ensemble_parser, add_export_parser, add_predict_parser
 from grace_rul.reports.commands import add_report_parser
 
 TRAIN_ALIASES = (
@@ -84,7 +85,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         description="Score a checkpoint's inference (EMA) weights on the last window of "
         "every test unit, with the normalisation stored in the checkpoint.",
     )
-    p.add_argument("--checkpoint", required=True, help="path to checkpoints/best.pt (or last.pt)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="path to checkpoints/best.pt (or last.pt)")
+    which.add_argument("--model", help="run, checkpoint, model or ensemble directory")
     p.add_argument(
         "--dataset", type=str.upper, choices=DATASETS, help="subset (default: the checkpoint's)"
     )
@@ -95,6 +98,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from grace_rul.evaluation import evaluate_checkpoint
 
+    if args.model is not None:
+        from grace_rul.inference.evaluate import evaluate_model
+
+        print(json.dumps(evaluate_model(args.model, args.dataset, args.data_dir), indent=2))
+        return 0
     print(json.dumps(evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir), indent=2))
     return 0
 
@@ -114,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     add_table_parser(sub)
     add_report_parser(sub)
+    add_export_parser(sub)
+    add_predict_parser(sub)
+    add_ensemble_parser(sub)
     return parser
 
 

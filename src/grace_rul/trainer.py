@@ -30,13 +30,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from grace_rul import rundir
+from grace_rul import __version__, rundir, source_commit
 from grace_rul.balancers import balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
 from grace_rul.config import Config, Execution, config_from_dict
 from grace_rul.data import CMAPSSData, load_cmapss, read_cmapss, unit_windows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split, test_metrics
+from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.losses import TASKS, task_losses
 from grace_rul.metrics import PROTOCOL_LABELS
 from grace_rul.model import DualTaskNet, build_model, count_parameters, predict
@@ -403,6 +404,7 @@ def _finish(
     ema.load_state_dict(best["ema"])
     with ema.swapped(model):
         test, rul_pred, health_pred = score_split(model, data.test)
+        intervals = run_interval_metrics(model, data, cfg.seed)
         trajectories = _trajectories(model, cfg, data, exe.data_dir)
     run.write_table(
         rundir.PREDICTIONS,
@@ -429,6 +431,7 @@ def _finish(
         "precision": parts["precision"].mode,
         "val": {k: v for k, v in best["metrics"].items() if k != "confusion"},
         "test": test_metrics(test),
+        "intervals": intervals,
         "best_epoch": state.best_epoch + 1,
         "epochs_run": run.epochs_written(),
         "params": count_parameters(model),
@@ -442,6 +445,8 @@ def _finish(
             else None,
             "spikes": len(parts["spikes"].spikes),
         },
+        "version": __version__,
+        "commit": source_commit(),
     }
     run.write_metrics(metrics)
     return metrics

@@ -1,0 +1,127 @@
+"""The data contract a model was trained under, and where its operating regimes lie.
+
+A model only makes sense on data prepared exactly as its training data was: the same
+sensors, window length, RUL cap and health thresholds, and the same scaling. The
+:class:`DataContract` holds those settings; members of an ensemble must share one.
+
+Operating regimes: every row's three operational settings are rounded to
+:data:`~grace_rul.data.cmapss.REGIME_DECIMALS` (0, 2, 0) decimals. In ``regime`` mode
+a row whose rounded settings equal a fitted regime is scaled with that regime's
+statistics and any other row with the nearest fitted centroid's
+(:meth:`~grace_rul.data.Normalizer.assign`). An operating point is *unseen* when its
+Euclidean distance to the nearest centroid of the regimes seen in the training units,
+measured in rounding steps (1 for setting1, 0.01 for setting2, 1 for setting3), is more
+than :data:`UNSEEN_REGIME_STEPS`. The centroids are those of the training units' regime
+keys, whatever the scaling mode, so a ``global``-scaled FD001 model (one regime near
+(0, 0, 100)) flags an FD002 operating point 20 steps away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS
+from grace_rul.errors import GraceError
+
+HEALTH_CLASSES: tuple[str, ...] = ("healthy", "degrading", "critical")  # health_class 0, 1, 2
+UNSEEN_REGIME_STEPS = 1.0
+REGIME_RULE = (
+    "settings rounded to (0, 2, 0) decimals; a row whose rounded settings equal a fitted "
+    "regime uses its statistics, any other row the nearest fitted centroid's (Euclidean "
+    "distance in rounding steps: 1, 0.01, 1); 'global' mode uses one set of statistics"
+)
+UNSEEN_RULE = (
+    "an engine is flagged unseen_regime when a row of its last window lies more than "
+    "threshold_steps rounding steps (Euclidean; 1, 0.01, 1) from every centroid of the "
+    "regimes seen in the training units"
+)
+_FIELDS = {  # attribute -> how a mismatch is named
+    "dataset": "subset",
+    "sensors": "sensors",
+    "window": "window",
+    "max_rul": "max_rul",
+    "critical_rul": "critical_rul threshold",
+    "degrading_rul": "degrading_rul threshold",
+    "normalization": "normalisation",
+}
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """What a model expects of its input: sensors, window, RUL cap, thresholds, scaling mode."""
+
+    dataset: str
+    sensors: tuple[str, ...]
+    window: int
+    max_rul: int
+    critical_rul: int
+    degrading_rul: int
+    normalization: str  # resolved: "global" or "regime"
+
+    @classmethod
+    def from_run(cls, data_cfg: Any, sensors: list[str], normalization: str) -> DataContract:
+        """The contract of a run from its :class:`~grace_rul.config.DataConfig`."""
+        return cls(
+            dataset=str(data_cfg.dataset).upper(),
+            sensors=tuple(sensors),
+            window=int(data_cfg.window),
+            max_rul=int(data_cfg.max_rul),
+            critical_rul=int(data_cfg.critical_rul),
+            degrading_rul=int(data_cfg.degrading_rul),
+            normalization=normalization,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "sensors": list(self.sensors),
+            "settings": list(SETTINGS),
+            "window": self.window,
+            "max_rul": self.max_rul,
+            "critical_rul": self.critical_rul,
+            "degrading_rul": self.degrading_rul,
+            "health_classes": list(HEALTH_CLASSES),
+            "normalization": self.normalization,
+            "regime_decimals": list(REGIME_DECIMALS),
+            "regime_assignment": REGIME_RULE,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataContract:
+        if list(d.get("regime_decimals", REGIME_DECIMALS)) != list(REGIME_DECIMALS):
+            raise GraceError("the model's regimes were assigned with other rounding")
+        return cls(
+            dataset=str(d["dataset"]),
+            sensors=tuple(str(s) for s in d["sensors"]),
+            window=int(d["window"]),
+            max_rul=int(d["max_rul"]),
+            critical_rul=int(d["critical_rul"]),
+            degrading_rul=int(d["degrading_rul"]),
+            normalization=str(d["normalization"]),
+        )
+
+    def mismatch(self, other: DataContract) -> str | None:
+        """``None`` when equal, else the first differing setting as ``"name a vs b"``."""
+        for attr, label in _FIELDS.items():
+            a, b = getattr(self, attr), getattr(other, attr)
+            if a != b:
+                if isinstance(a, tuple):
+                    a, b = ",".join(a), ",".join(b)
+                return f"{label} {a} vs {b}"
+        return None
+
+
+def regime_steps() -> np.ndarray:
+    """The rounding step of each setting: 10 ** -decimals."""
+    return 10.0 ** -np.asarray(REGIME_DECIMALS, dtype=np.float64)
+
+
+def regime_distance(frame: pd.DataFrame, centroids: np.ndarray) -> np.ndarray:
+    """Distance of every row's settings to the nearest centroid, in rounding steps."""
+    settings = frame[list(SETTINGS)].to_numpy(dtype=np.float64)
+    diff = (settings[:, None, :] - np.asarray(centroids)[None]) / regime_steps()
+    return np.sqrt((diff**2).sum(axis=2)).min(axis=1)

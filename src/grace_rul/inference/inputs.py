@@ -1,0 +1,241 @@
+"""Engines to predict: C-MAPSS text, CSV or Parquet, checked before any prediction.
+
+Accepted files (gzip-compressed or not, recognised by content, not by name):
+
+* C-MAPSS text: whitespace-separated, no header, 26 columns in the NASA order
+  (:data:`~grace_rul.data.cmapss.COLUMNS`: unit, cycle, setting1..3, s1..s21), e.g.
+  ``test_FD001.txt``.
+* A table with a header row, comma-, tab- or whitespace-separated, or a Parquet file:
+  named columns ``unit``, ``cycle``, ``setting1``..``setting3`` and the model's sensors
+  (``s1``..``s21``); any column order, other columns ignored.
+
+:func:`clean_frame` refuses, with one line naming the place: a missing column, a sensor
+set that lacks one of the model's sensors, a non-numeric cell (file, line, column), NaN
+or Inf (sensor, line, unit, cycle), a unit or cycle that is not a whole number, no rows
+(or a unit listed as a category with no rows), duplicate (unit, cycle) rows, and cycles
+that do not increase within a unit in file order. Rows of one unit need not be adjacent;
+the cleaned frame is ordered by unit (stable), then file order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from grace_rul.data.cmapss import COLUMNS, SETTINGS
+from grace_rul.errors import GraceError
+
+REQUIRED: tuple[str, ...] = ("unit", "cycle", *SETTINGS)
+_NAN_WORDS = {"", "nan", "na", "n/a", "null", "none", "-nan"}
+
+
+@dataclass
+class Table:
+    """A parsed input file: its cells as read, and the file line (or row) of every row."""
+
+    frame: pd.DataFrame
+    lines: np.ndarray
+    where: str  # "line" (text files) or "row" (Parquet)
+    source: str
+
+
+def read_table(path: str | Path) -> Table:
+    """Parse ``path`` (C-MAPSS text, CSV/TSV with a header, or Parquet; gzip allowed)."""
+    p = Path(path)
+    if not p.exists():
+        raise GraceError(f"input {p} not found")
+    if not p.is_file():
+        raise GraceError(f"input {p} is not a file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise GraceError(f"input {p} cannot be read ({exc.strerror})") from None
+    source = str(p)
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise GraceError(
+                f"{source}: not a readable gzip file (truncated or corrupt: {exc})"
+            ) from None
+    if data[:4] == b"PAR1":
+        try:
+            frame = pd.read_parquet(io.BytesIO(data))
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GraceError(f"{source}: not a readable Parquet file ({line})") from None
+        return Table(frame, np.arange(1, len(frame) + 1), "row", source)
+    return _read_text(data, source)
+
+
+def _read_text(data: bytes, source: str) -> Table:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GraceError(f"{source}: not C-MAPSS text, CSV or Parquet (not UTF-8 text)") from None
+    numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    if not numbered:
+        raise GraceError(f"{source}: no rows (the file is empty)")
+    first = numbered[0][1]
+    sep = "," if "," in first else ("\t" if "\t" in first else None)
+    header = not _is_number(_fields(first, sep)[0])
+    counts = [len(_fields(line, sep)) for _, line in numbered]
+    expected = counts[0] if header else len(COLUMNS)
+    if '"' not in text:  # plain splitting counts fields right only without quoting
+        bad = [i for i, c in enumerate(counts) if c != expected]
+        if bad:
+            what = "columns of the header" if header else "C-MAPSS columns"
+            raise GraceError(
+                f"{source}: wrong column count: line {numbered[bad[0]][0]} has "
+                f"{counts[bad[0]]} fields, expected {expected} ({what})"
+            )
+    try:
+        # The same pandas reader (and number parser) as grace_rul.data.read_cmapss.
+        extra = {"skipinitialspace": True} if sep else {}
+        frame = pd.read_csv(
+            io.BytesIO(data), sep=sep or r"\s+", header=0 if header else None, **extra
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise GraceError(
+            f"{source}: cannot be parsed ({str(exc).strip().splitlines()[0]})"
+        ) from None
+    if not header:
+        frame.columns = list(COLUMNS)
+    lines = np.array([n for n, _ in numbered[1:]] if header else [n for n, _ in numbered])
+    if len(lines) != len(frame):  # quoting or odd blank lines: fall back to data-row numbers
+        return Table(frame, np.arange(1, len(frame) + 1), "data row", source)
+    return Table(frame, lines, "line", source)
+
+
+def _fields(line: str, sep: str | None) -> list[str]:
+    return line.split(sep) if sep else line.split()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_input(path: str | Path, sensors: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """Read and check an input file for a model reading ``sensors``; see :func:`clean_frame`."""
+    table = read_table(path)
+    return clean_frame(
+        table.frame, sensors, source=table.source, lines=table.lines, where=table.where
+    )
+
+
+def clean_frame(
+    frame: pd.DataFrame,
+    sensors: tuple[str, ...] | list[str],
+    *,
+    source: str = "input frame",
+    lines: np.ndarray | None = None,
+    where: str = "index",
+) -> pd.DataFrame:
+    """Checked numeric columns unit, cycle, settings and ``sensors``, ordered by unit.
+
+    ``lines`` gives each row's place in the file (``where`` says what it counts); by
+    default the frame's index labels. Every refusal is a one-line ``GraceError``.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise GraceError(f"{source}: expected a pandas DataFrame, got {type(frame).__name__}")
+    names: dict[str, object] = {}
+    for col in frame.columns:
+        names.setdefault(str(col).strip(), col)
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise GraceError(
+            f"{source}: missing column(s) {', '.join(missing)} "
+            "(needed: unit, cycle, setting1, setting2, setting3 and the model's sensors)"
+        )
+    lacking = [s for s in sensors if s not in names]
+    if lacking:
+        raise GraceError(
+            f"{source}: sensor set differs from the model's: no {', '.join(lacking)} "
+            f"(the model reads {', '.join(sensors)})"
+        )
+    places = np.asarray(frame.index if lines is None else lines)
+    if len(frame) == 0:
+        raise GraceError(f"{source}: no rows (every unit needs at least one cycle)")
+    unit_col = frame[names["unit"]]
+    if isinstance(unit_col.dtype, pd.CategoricalDtype):
+        empty = sorted(set(unit_col.cat.categories) - set(unit_col.dropna().unique()))
+        if empty:
+            raise GraceError(f"{source}: unit {empty[0]} has no rows")
+
+    def at(i: int) -> str:
+        return f"{where} {places[i]}"
+
+    values: dict[str, np.ndarray] = {}
+    for name in (*REQUIRED, *sensors):
+        column = frame[names[name]]
+        if isinstance(column, pd.DataFrame):
+            raise GraceError(f"{source}: column {name} appears more than once")
+        position = frame.columns.get_loc(names[name])
+        values[name] = _numeric(column, name, int(position) + 1, source, at)
+    for name in REQUIRED:
+        bad = np.flatnonzero(~np.isfinite(values[name]))
+        if len(bad):
+            raise GraceError(f"{source}: {values[name][bad[0]]} in column {name} at {at(bad[0])}")
+        whole = values[name] == np.round(values[name])
+        if name in ("unit", "cycle") and not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            raise GraceError(
+                f"{source}: {name} must be a whole number ({values[name][i]} at {at(i)})"
+            )
+    unit = values["unit"].astype(np.int64)
+    cycle = values["cycle"].astype(np.int64)
+    for name in sensors:
+        bad = np.flatnonzero(~np.isfinite(values[name]))
+        if len(bad):
+            i = int(bad[0])
+            kind = "NaN" if np.isnan(values[name][i]) else "Inf"
+            raise GraceError(
+                f"{source}: {kind} in sensor {name} at {at(i)} (unit {unit[i]}, cycle {cycle[i]})"
+            )
+    order = np.lexsort((cycle, unit))
+    same = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(cycle[order]) == 0))
+    if len(same):
+        a, b = sorted((order[same[0]], order[same[0] + 1]))
+        raise GraceError(
+            f"{source}: duplicate rows for unit {unit[a]}, cycle {cycle[a]} ({at(a)} and {at(b)})"
+        )
+    order = np.argsort(unit, kind="stable")
+    step_back = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(cycle[order]) < 0))
+    if len(step_back):
+        a, b = order[step_back[0]], order[step_back[0] + 1]
+        raise GraceError(
+            f"{source}: cycles of unit {unit[a]} do not increase: cycle {cycle[b]} at {at(b)} "
+            f"follows cycle {cycle[a]} at {at(a)}"
+        )
+    out = {"unit": unit[order], "cycle": cycle[order]}
+    out.update({name: values[name][order] for name in (*SETTINGS, *sensors)})
+    return pd.DataFrame(out)
+
+
+def _numeric(column: pd.Series, name: str, position: int, source: str, at) -> np.ndarray:
+    """A column as float64; a cell that is neither a number nor a NaN word is refused."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        raise GraceError(f"{source}: column {name} holds true/false values, not numbers")
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    converted = pd.to_numeric(column, errors="coerce")
+    text = column.astype(str).str.strip().str.lower()
+    bad = np.flatnonzero(
+        converted.isna().to_numpy() & column.notna().to_numpy() & ~text.isin(_NAN_WORDS).to_numpy()
+    )
+    if len(bad):
+        i = int(bad[0])
+        raise GraceError(
+            f"{source}: non-numeric value {column.iloc[i]!r} at {at(i)}, column {position} ({name})"
+        )
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
