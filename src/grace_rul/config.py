@@ -62,6 +62,7 @@ class ModelConfig:
     attn_heads: int = 4
     fc: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = 0.3
+    forget_bias: float = 1.0  # initial LSTM forget-gate bias (the write-up: 1)
 
 
 @dataclass
@@ -148,6 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "attn_heads": 2,
             "fc": [64, 32],
             "dropout": 0.1,
+            "forget_bias": 2.0,  # trains faster than 1 on FD001 (validation, see README)
         },
         "train": {
             "epochs": 40,
@@ -166,6 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "attn_heads": 2,
             "fc": [16, 8],
             "dropout": 0.0,
+            "forget_bias": 2.0,
         },
         "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 512, "ema_warmup": True},
     },
