@@ -18,12 +18,14 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
 
 from grace_rul.config import Execution, resolve_config
 from grace_rul.trainer import train
+from readme_tables import replace_section
 
 # name -> (preset, overrides). The first one is the reference.
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -95,7 +97,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[42, 123])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/recipe")
+    ap.add_argument("--table-only", action="store_true", help="no training; rewrite the table")
     args = ap.parse_args()
+    if args.table_only:
+        replace_section("recipe", table())
+        print(table())
+        return
     done = _done_keys()
     for seed in args.seeds:
         for dataset in args.datasets:
@@ -137,6 +144,34 @@ def main() -> None:
                     f"({time.perf_counter() - start:.0f} s)",
                     flush=True,
                 )
+                replace_section("recipe", table())
+
+
+def table() -> str:
+    """The README table from the CSV: one row per (subset, variant), means over seeds."""
+    with open(RESULTS, newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = [
+        "| subset | variant | change | seeds | val RMSE, truncated (selects) | val RMSE, all "
+        "windows | best epoch | epochs | min per run | test RMSE (recorded, not used) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["dataset"], r["variant"]) for r in rows},
+                  key=lambda k: (k[0], list(VARIANTS).index(k[1])))  # fmt: skip
+    for dataset, name in keys:
+        group = [r for r in rows if (r["dataset"], r["variant"]) == (dataset, name)]
+
+        def mean(key: str, group: list[dict] = group) -> float:
+            return statistics.mean(float(r[key]) for r in group)
+
+        seeds = " ".join(r["seed"] for r in group)
+        lines.append(
+            f"| {dataset} | `{name}` | `{VARIANTS[name][1] or 'preset ' + VARIANTS[name][0]}` "
+            f"| {seeds} | {mean('val_rmse_last'):.2f} | {mean('val_rmse_all'):.2f} "
+            f"| {mean('best_epoch'):.0f} | {mean('epochs_run'):.0f} "
+            f"| {mean('seconds') / 60:.1f} | {mean('test_rmse_last'):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

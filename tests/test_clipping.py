@@ -111,7 +111,7 @@ def test_non_finite_norm_is_counted_but_kept_out_of_the_statistics():
 
 
 def _hint_threshold(hint: str) -> float:
-    return float(re.search(r"--clip ([0-9.e+-]+) would clip", hint).group(1))
+    return float(re.search(r"train.clip=([0-9.e+-]+) would clip", hint).group(1))
 
 
 def test_band_hint_once_after_patience_epochs_with_a_threshold_giving_about_20_percent():

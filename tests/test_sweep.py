@@ -140,7 +140,7 @@ def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_p
         sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=False
     )
 
-    assert result.ok
+    assert result.ok, result.failed
     assert result.skipped == [finished] and not result.trained
     assert result.resumed == ["FD001-equal-s123"]
     assert sorted(result.rerun) == ["FD001-gaba-s123", "FD001-gaba-s42"]

@@ -178,8 +178,8 @@ class GradClipper:
         lo, hi = self.band
         return (
             f"clip fraction {clipped_now:.2f} outside {lo * 100:.0f}-{hi * 100:.0f}% for "
-            f"{len(self._window)} epochs at --clip {self.max_norm:g}; "
-            f"--clip {threshold:.3g} would clip ~{would_clip * 100:.0f}%"
+            f"{len(self._window)} epochs at train.clip={self.max_norm:g}; "
+            f"--set train.clip={threshold:.3g} would clip ~{would_clip * 100:.0f}%"
         )
 
     # -- persistence -----------------------------------------------------------------------
