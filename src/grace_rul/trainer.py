@@ -120,18 +120,7 @@ def train(
     )  # fmt: skip
     n_batches = -(-len(x_train) // t.batch_size)
 
-    state = LoopState()
-    if resume:
-        state = _restore(run, parts)
-        log(f"resumed from {run.last} at epoch {state.epoch + 1}")
-    else:
-        run.start(cfg.to_dict())
-        log(
-            f"{cfg.data.dataset}: {len(data.train)} train / {len(data.val)} val windows, "
-            f"{len(data.test)} test units; model '{cfg.preset}' with "
-            f"{count_parameters(model):,} parameters; balancer {cfg.balancer.name}; "
-            f"device {device.type}; precision {precision.mode}"
-        )
+    state = _start(run, cfg, data, parts, device, resume, log)
     started, cpu_started = time.perf_counter(), time.process_time()
     val_rmse_shown = float("nan")
 
@@ -232,16 +221,8 @@ def train(
         )  # fmt: skip
         state.stopped = state.stale_epochs >= t.early_stop_patience
         state.epoch += 1
-        _save_last(
-            run,
-            parts,
-            cfg,
-            replace(
-                state,
-                seconds=state.seconds + time.perf_counter() - started,
-                cpu_seconds=state.cpu_seconds + time.process_time() - cpu_started,
-            ),
-        )
+        elapsed = (time.perf_counter() - started, time.process_time() - cpu_started)
+        _save_last(run, parts, cfg, state, *elapsed)
         if not exe.quiet:
             tqdm.write(
                 f"epoch {epoch + 1}/{t.epochs}  loss {stat.mean_total():.4g}  "
@@ -326,11 +307,31 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
     return parts
 
 
-def _save_last(run: RunDir, parts: dict[str, Any], cfg: Config, state: LoopState) -> None:
+def _start(run: RunDir, cfg: Config, data, parts, device, resume: bool, log) -> LoopState:
+    """The loop state of a new run (config and table headers written) or of a resumed one."""
+    if resume:
+        state = _restore(run, parts)
+        log(f"resumed from {run.last} at epoch {state.epoch + 1}")
+        return state
+    run.start(cfg.to_dict())
+    log(
+        f"{cfg.data.dataset}: {len(data.train)} train / {len(data.val)} val windows, "
+        f"{len(data.test)} test units; model '{cfg.preset}' with "
+        f"{count_parameters(parts['model']):,} parameters; balancer {cfg.balancer.name}; "
+        f"device {device.type}; precision {parts['precision'].mode}"
+    )
+    return LoopState()
+
+
+def _save_last(
+    run: RunDir, parts: dict[str, Any], cfg: Config, state: LoopState, wall: float, cpu: float
+) -> None:
+    """``last.pt``: every component's state, the loop's values (times so far) and the config."""
+    times = {"seconds": state.seconds + wall, "cpu_seconds": state.cpu_seconds + cpu}
     atomic_torch_save(
         {
             "components": {name: part.state_dict() for name, part in parts.items()},
-            "loop": asdict(state),
+            "loop": asdict(replace(state, **times)),
             "config": cfg.to_dict(),
         },
         run.last,
