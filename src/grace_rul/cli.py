@@ -1,4 +1,4 @@
-"""The ``grace`` command line: train, evaluate, sweep, table, report.
+"""The ``grace`` command line: train, evaluate, sweep, table, report, export, predict, ensemble.
 
 Every setting of a run is reachable from ``grace train`` as ``--set KEY=VALUE`` (see
 :mod:`grace_rul.config`); the named flags are aliases for the most used keys. Every
@@ -81,29 +81,25 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="score a saved checkpoint on a test set (prints JSON)",
-        description="Score a checkpoint's inference (EMA) weights on the last window of "
-        "every test unit, with the normalisation stored in the checkpoint.",
+        help="score a model on a test set (prints JSON)",
+        description="Score a model's inference (EMA) weights on the last window of every test "
+        "unit, with the normalisation stored with the model, plus its conformal interval "
+        "coverage. MODEL is a run directory, a checkpoint, an exported model or an ensemble.",
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="path to checkpoints/best.pt (or last.pt)")
     which.add_argument("--model", help="run, checkpoint, model or ensemble directory")
+    which.add_argument("--checkpoint", dest="model", help="the same as --model (a best.pt)")
     p.add_argument(
-        "--dataset", type=str.upper, choices=DATASETS, help="subset (default: the checkpoint's)"
+        "--dataset", type=str.upper, choices=DATASETS, help="subset (default: the model's)"
     )
     p.add_argument("--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from grace_rul.evaluation import evaluate_checkpoint
+    from grace_rul.inference.evaluate import evaluate_model
 
-    if args.model is not None:
-        from grace_rul.inference.evaluate import evaluate_model
-
-        print(json.dumps(evaluate_model(args.model, args.dataset, args.data_dir), indent=2))
-        return 0
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir), indent=2))
+    print(json.dumps(evaluate_model(args.model, args.dataset, args.data_dir), indent=2))
     return 0
 
 

@@ -1,18 +1,17 @@
-"""Scoring a trained network: split metrics, test predictions and saved checkpoints."""
+"""Scoring a trained network: split metrics and the inference network of a checkpoint.
+
+Scoring a saved model on a test set is :func:`grace_rul.inference.evaluate.evaluate_model`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from grace_rul.checkpoint import load_checkpoint
 from grace_rul.config import Config, config_from_dict
-from grace_rul.data import Normalizer, Split, read_cmapss, resolve_normalization, test_windows
-from grace_rul.errors import GraceError
+from grace_rul.data import Split
 from grace_rul.metrics import evaluate_predictions
 from grace_rul.model import DualTaskNet, build_model, predict
 
@@ -32,13 +31,6 @@ def test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_split(
-    dataset: str, cfg: Config, normalizer: Normalizer, data_dir: str | None = None
-) -> Split:
-    """Last window of every test unit of ``dataset``, scaled with a fitted ``normalizer``."""
-    return test_windows(read_cmapss(dataset, data_dir), normalizer, cfg.data)
-
-
 def load_inference_model(
     checkpoint: dict[str, Any], device: str = "cpu"
 ) -> tuple[DualTaskNet, Config]:
@@ -49,29 +41,3 @@ def load_inference_model(
     )
     model.load_state_dict(checkpoint["inference"])
     return model.to(device).eval(), cfg
-
-
-def evaluate_checkpoint(
-    path: str | Path, dataset: str | None = None, data_dir: str | None = None
-) -> dict[str, Any]:
-    """Test metrics of a saved checkpoint on its own subset (default) or another one.
-
-    Uses the normalisation statistics stored in the checkpoint, never refitted.
-    """
-    ckpt = load_checkpoint(path)
-    for key in ("config", "inference", "normalizer", "feature_names"):
-        if key not in ckpt:
-            raise GraceError(f"checkpoint {path} has no '{key}' entry (not a GRACE checkpoint?)")
-    model, cfg = load_inference_model(ckpt)
-    name = (dataset or cfg.data.dataset).upper()
-    normalizer = Normalizer.from_dict(ckpt["normalizer"])
-    needed = resolve_normalization(cfg.data.normalization, name)
-    if needed != normalizer.mode:
-        raise GraceError(
-            f"checkpoint was normalised with '{normalizer.mode}' statistics of {cfg.data.dataset}; "
-            f"{name} needs '{needed}' normalisation"
-        )
-    split = test_split(name, cfg, normalizer, data_dir)
-    with torch.no_grad():
-        metrics, _, _ = score_split(model, split)
-    return {"dataset": name, "checkpoint": str(path), "test": test_metrics(metrics)}
