@@ -25,6 +25,7 @@ from grace_rul.data import (
     make_windows,
     read_cmapss,
     regime_keys,
+    truncated_windows,
     unit_windows,
 )
 from grace_rul.errors import GraceError
@@ -441,3 +442,36 @@ def test_auto_normalisation_is_per_regime_for_six_condition_subsets():
     modes = [resolve_normalization("auto", d) for d in ("FD001", "FD002", "FD003", "FD004")]
     assert modes == ["global", "regime", "global", "regime"]
     assert resolve_normalization("global", "FD002") == "global"
+
+
+def test_truncated_validation_is_the_last_window_of_each_cut() -> None:
+    """Each unit cut at ``cuts`` seeded points, scored on the window ending there."""
+    frame = add_labels(tiny_frame(lengths=(5, 140, 60)), 125, 30, 80)
+    feats = frame[list(SENSORS)].to_numpy(dtype=np.float32)
+    full = make_windows(feats, frame, window=30)
+    cut = truncated_windows(full, cuts=4, seed=7)
+    # unit 1 has one (padded) window: it is taken once; units 2 and 3 get 4 cuts each
+    assert cut.unit.tolist().count(1) == 1 and cut.unit.tolist().count(2) == 4
+    assert cut.unit.tolist().count(3) == 4 and len(cut) == 9
+    again = truncated_windows(full, cuts=4, seed=7)
+    assert torch.equal(cut.cycle, again.cycle)  # seeded
+    assert not torch.equal(cut.cycle, truncated_windows(full, cuts=4, seed=8).cycle)
+    lengths = {1: 5, 2: 140, 3: 60}
+    unit_frames = {u: frame[frame["unit"] == u] for u in lengths}
+    for i in range(len(cut)):
+        unit, c = int(cut.unit[i]), int(cut.cycle[i])
+        # the same window as cutting the unit after cycle c and taking its last window
+        truncated = unit_frames[unit][unit_frames[unit]["cycle"] <= c]
+        rows = truncated.index.to_numpy()
+        last = make_windows(feats[rows], truncated, window=30, last_only=True)
+        np.testing.assert_array_equal(cut.x[i].numpy(), last.x[0].numpy())
+        assert float(cut.rul[i]) == min(lengths[unit] - c, 125)  # label at the cut
+        assert int(cut.health[i]) == int(health_class(np.array([cut.rul[i].item()]))[0])
+    assert cut.cycle[cut.unit == 2].tolist() == sorted(cut.cycle[cut.unit == 2].tolist())
+    with pytest.raises(GraceError, match="cuts"):
+        truncated_windows(full, cuts=0, seed=0)
+
+
+def test_real_validation_cuts_per_unit(fd001) -> None:
+    assert len(fd001.val_last) == 10 * len(fd001.val_units)
+    assert set(fd001.val_last.unit.tolist()) == set(fd001.val_units)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -84,3 +86,37 @@ def test_bf16_autocast_trains_on_cuda():
         pytest.skip("GPU without bf16")
     losses = _train(Precision("bf16", "cuda"), "cuda")
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_picks_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    from grace_rul.stabilisers import precision as module
+
+    module.bf16_native.cache_clear()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    try:
+        chosen = Precision("auto", "cpu")
+        assert chosen.mode == ("bf16" if native else "32")
+        assert chosen.dtype == (torch.bfloat16 if native else None)
+        if native:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # native bf16: no emulation warning
+                Precision("bf16", "cpu")
+        else:
+            with pytest.warns(UserWarning, match="emulated"):
+                assert Precision("bf16", "cpu").mode == "bf16"  # honoured, with one warning
+    finally:
+        module.bf16_native.cache_clear()
+
+
+def test_auto_on_cuda_follows_the_gpu(monkeypatch):
+    from grace_rul.stabilisers import precision as module
+
+    module.bf16_native.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported, expected in ((True, "bf16"), (False, "32")):
+        module.bf16_native.cache_clear()
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert module.resolve_precision("auto", "cuda") == expected
+    module.bf16_native.cache_clear()
