@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 from grace_rul.checkpoint import atomic_write_text
-from grace_rul.config import PRESETS, Execution, resolve_config
+from grace_rul.config import DEFAULT_PRESET, PRESETS, Execution, resolve_config
 from grace_rul.experiments.grid import DONE, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
 from readme_tables import replace_section
@@ -150,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=DATASETS)
     ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
-    ap.add_argument("--preset", default="default", choices=list(PRESETS))
+    ap.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
     ap.add_argument("--out", default=str(ROOT / "runs" / "accuracy"))

@@ -18,7 +18,7 @@ import torch
 
 from conftest import QUIET, tiny_config
 from grace_rul.balancers import BALANCERS, balance_backward
-from grace_rul.config import resolve_config
+from grace_rul.config import DEFAULT_PRESET, resolve_config
 from grace_rul.data import load_cmapss
 from grace_rul.errors import GraceError
 from grace_rul.losses import task_losses
@@ -94,9 +94,9 @@ def test_cadence_clip_step_ema_and_swapped_evaluation(tmp_path, monkeypatch):
     assert restored[:3] == [True, True, True]
 
 
-def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, cli):
+def test_end_to_end_default_preset_and_evaluate_reproduces(tmp_path, cli):
     out = tmp_path / "fd001"
-    args = ["train", "--dataset", "FD001", "--preset", "small", "--epochs", "3"]
+    args = ["train", "--dataset", "FD001", "--epochs", "3"]  # no --preset: the default recipe
     done = cli(*args, "--out", out, "--quiet", "--threads", "2")
     assert done.code == 0
     printed = json.loads(done.out)
@@ -108,7 +108,9 @@ def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, cli):
     ):  # fmt: skip
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["preset"] == DEFAULT_PRESET != "paper"
     assert set(metrics["test"]) >= {"rmse_last", "nasa_score", "mae", "health_accuracy"}
+    assert set(metrics["intervals"]) == {"0.8", "0.9"}
     assert metrics["epochs_run"] == 3 and metrics["params"] == printed["params"]
     assert 0 < metrics["test"]["rmse_last"] < 60
     history = rows(out / "history.csv")
@@ -126,6 +128,7 @@ def test_end_to_end_small_preset_and_evaluate_reproduces(tmp_path, cli):
     evaluated = cli("evaluate", "--checkpoint", out / "checkpoints" / "best.pt")
     assert evaluated.code == 0
     assert json.loads(evaluated.out)["test"] == metrics["test"]
+    assert json.loads(evaluated.out)["intervals"] == metrics["intervals"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no step ran
