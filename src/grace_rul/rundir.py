@@ -209,25 +209,21 @@ class RunDir:
 
     def read_metrics(self) -> dict[str, Any]:
         """``metrics.json`` as a dict; a missing or broken file is a ``GraceError`` naming it."""
-        path = self.path / METRICS
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise GraceError(f"{self.path} is not a finished run: {METRICS} not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GraceError(f"cannot read {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise GraceError(f"{path} must hold a JSON object")
-        return data
+        missing = f"{self.path} is not a finished run: {METRICS} not found"
+        return self._read_mapping(METRICS, json.loads, missing)
 
     def read_config(self) -> dict[str, Any]:
         """``config.yaml`` as a nested dict; a missing or broken file is a ``GraceError``."""
-        path = self.path / CONFIG
+        missing = f"{self.path / CONFIG} not found (is {self.path} a GRACE run directory?)"
+        return self._read_mapping(CONFIG, yaml.safe_load, missing)
+
+    def _read_mapping(self, name: str, parse: Any, missing: str) -> dict[str, Any]:
+        path = self.path / name
         try:
-            data = yaml.safe_load(path.read_text())
+            data = parse(path.read_text())
         except FileNotFoundError:
-            raise GraceError(f"{path} not found (is {self.path} a GRACE run directory?)") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise GraceError(missing) from None
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
             raise GraceError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise GraceError(f"{path} must hold a mapping")
