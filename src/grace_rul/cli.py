@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from grace_rul.config import DATASETS
+    from grace_rul.data import dataset_name
 
     p = sub.add_parser(
         "evaluate",
@@ -89,7 +89,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--checkpoint", help="path to checkpoints/best.pt (or last.pt)")
     which.add_argument("--model", help="run, checkpoint, model or ensemble directory")
     p.add_argument(
-        "--dataset", type=str.upper, choices=DATASETS, help="subset (default: the checkpoint's)"
+        "--dataset",
+        type=dataset_name,
+        help="FD001..FD004, a dataset YAML or an N-CMAPSS .h5 file (default: the checkpoint's)",
     )
     p.add_argument("--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files")
     p.set_defaults(func=cmd_evaluate)

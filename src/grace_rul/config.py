@@ -28,7 +28,7 @@ import yaml
 
 from grace_rul.balancers.engine import GRAD_SOURCES
 from grace_rul.balancers.grace import GRACE_WEIGHT_DECAY_SCHEDULE
-from grace_rul.data.cmapss import DATASETS, DataConfig
+from grace_rul.data.cmapss import DATASETS, DataConfig, dataset_name
 from grace_rul.errors import GraceError
 from grace_rul.metrics import PROTOCOL_LABELS, PROTOCOLS, SELECTIONS
 from grace_rul.stabilisers.clipping import MODES as CLIP_MODES
@@ -293,10 +293,21 @@ def resolve_config(
     cfg = Config(preset=name)
     _merge(cfg, PRESETS[name], "")
     _merge(cfg, layers, "")
+    cfg.data.dataset = dataset_name(cfg.data.dataset)
+    _dataset_defaults(cfg, layers.get("data") or {})
     if cfg.balancer.name == "grace" and not cfg.train.weight_decay_schedule:
         cfg.train.weight_decay_schedule = [list(m) for m in GRACE_WEIGHT_DECAY_SCHEDULE]
     validate(cfg)
     return cfg
+
+
+def _dataset_defaults(cfg: Config, explicit: dict[str, Any]) -> None:
+    """A dataset YAML's ``window`` / ``max_rul`` where ``data.*`` does not set them itself."""
+    from grace_rul.data.datasets import dataset_defaults
+
+    for key, value in dataset_defaults(cfg.data.dataset).items():
+        if key not in explicit:
+            setattr(cfg.data, key, value)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -387,7 +398,7 @@ def validate(cfg: Config) -> None:
 
 # Named flags for the most used keys: --NAME VALUE is --set KEY=VALUE.
 ALIASES: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
-    "dataset": ("data.dataset", DATASETS, "C-MAPSS subset"),
+    "dataset": ("data.dataset", None, "FD001..FD004, a dataset YAML or an N-CMAPSS .h5 file"),
     "balancer": ("balancer.name", None, "loss balancer, e.g. equal, gaba, grace"),
     "seed": ("seed", None, "seed for every RNG"),
     "epochs": ("train.epochs", None, "maximum epochs"),
@@ -431,7 +442,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser, aliases: tuple[str, .
         key, choices, text = ALIASES[name]
         parser.add_argument(
             f"--{name.replace('_', '-')}",
-            type=str.upper if name == "dataset" else str,
+            type=dataset_name if name == "dataset" else str,
             choices=choices,
             help=f"{text} (= --set {key}=...)",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,15 @@ from torch import nn
 
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.config import Config, config_from_dict
-from grace_rul.data import Normalizer, Split, read_cmapss, resolve_normalization, test_windows
+from grace_rul.data import (
+    DATASETS,
+    Normalizer,
+    Split,
+    dataset_name,
+    read_dataset,
+    resolve_normalization,
+    test_windows,
+)
 from grace_rul.errors import GraceError
 from grace_rul.metrics import evaluate_predictions
 from grace_rul.model import DualTaskNet, build_model, predict
@@ -35,8 +44,10 @@ def test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def test_split(
     dataset: str, cfg: Config, normalizer: Normalizer, data_dir: str | None = None
 ) -> Split:
-    """Last window of every test unit of ``dataset``, scaled with a fitted ``normalizer``."""
-    return test_windows(read_cmapss(dataset, data_dir), normalizer, cfg.data)
+    """Test windows of ``dataset`` (any kind, :func:`~grace_rul.data.read_dataset`), scaled
+    with a fitted ``normalizer``: the last window of every test unit."""
+    data_cfg = replace(cfg.data, dataset=dataset_name(dataset))
+    return test_windows(read_dataset(data_cfg, data_dir), normalizer, data_cfg)
 
 
 def load_inference_model(
@@ -63,10 +74,10 @@ def evaluate_checkpoint(
         if key not in ckpt:
             raise GraceError(f"checkpoint {path} has no '{key}' entry (not a GRACE checkpoint?)")
     model, cfg = load_inference_model(ckpt)
-    name = (dataset or cfg.data.dataset).upper()
+    name = dataset_name(dataset or cfg.data.dataset)
     normalizer = Normalizer.from_dict(ckpt["normalizer"])
     needed = resolve_normalization(cfg.data.normalization, name)
-    if needed != normalizer.mode:
+    if name in DATASETS and needed != normalizer.mode:
         raise GraceError(
             f"checkpoint was normalised with '{normalizer.mode}' statistics of {cfg.data.dataset}; "
             f"{name} needs '{needed}' normalisation"
