@@ -1,4 +1,4 @@
-"""Fleets of one's own: dataset YAMLs over CSV/Parquet tables give exactly C-MAPSS's data and runs."""
+"""Fleets of one's own: dataset YAMLs over CSV/Parquet tables give exactly C-MAPSS's runs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import QUIET, tiny_config
 
+from conftest import QUIET, tiny_config
 from grace_rul.config import resolve_config
 from grace_rul.data import (
     SENSORS,
@@ -22,7 +22,6 @@ from grace_rul.data import (
     regime_keys,
 )
 from grace_rul.data.regimes import kmeans_regimes
-from grace_rul.errors import GraceError
 
 # Other names for every C-MAPSS column: the tables must not rely on GRACE's names.
 RENAME = {"unit": "engine_id", "cycle": "t", **{s: f"op_{i}" for i, s in enumerate(SETTINGS)}}
@@ -135,3 +134,35 @@ def test_yaml_window_and_max_rul_are_defaults_that_data_settings_override(tmp_pa
     cfg = resolve_config("tiny", overrides={"data": {"dataset": str(path), "window": 25}})
     assert (cfg.data.window, cfg.data.max_rul) == (25, 110)
     assert tiny_config().data.window == 30
+
+
+# --------------------------------------------------------------------------- N-CMAPSS
+
+
+def test_ncmapss_sample_end_to_end(tmp_path, cli):
+    pytest.importorskip("h5py")
+    from grace_rul.trainer import train
+    from ncmapss_sample import write_sample
+
+    path = write_sample(tmp_path / "N-CMAPSS_DS02-006.h5")
+    cfg = DataConfig(dataset=str(path), window=10, downsample=10)
+    data = load_dataset(cfg, seed=1)
+    assert data.feature_names[:4] == ("alt", "Mach", "TRA", "T2") and len(data.feature_names) == 18
+    assert sorted(set(data.train_units + data.val_units)) == [2, 5, 10, 16, 18, 20]
+    assert sorted(set(data.test.unit.tolist())) == [11, 14, 15]
+    assert data.normalizer.mode == "global" and "11 14 15" in data.test_split
+    assert float(data.train.rul.max()) <= 125
+    over = {"data": {"dataset": str(path), "window": 10}, "train": {"epochs": 1}}
+    metrics = train(resolve_config("tiny", overrides=over), tmp_path / "run", execution=QUIET)
+    assert np.isfinite(metrics["test"]["rmse_last"]) and "run to failure" in metrics["test_split"]
+
+
+def test_hdf5_without_ncmapss_arrays(tmp_path, cli):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    r = cli("train", "--preset", "tiny", "--dataset", path, "--out", tmp_path / "run")
+    assert r.code == 2 and len(r.err_lines) == 1
+    assert "not an N-CMAPSS file (missing W_dev" in r.err
+    assert not (tmp_path / "run" / "metrics.json").exists()

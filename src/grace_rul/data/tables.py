@@ -331,9 +331,7 @@ def _clean(frame: pd.DataFrame, columns: list[str], spec: TableSpec, source: Pat
             f"row {b + 1} follows {time[a]} at data row {a + 1}"
         )
     data = {"unit": unit[order], "cycle": time[order]}
-    data.update(
-        {name: out[name].to_numpy(dtype=np.float64)[order] for name in columns[2:]}
-    )
+    data.update({name: out[name].to_numpy(dtype=np.float64)[order] for name in columns[2:]})
     clean = pd.DataFrame(data)
     if spec.nan_policy == "ffill":
         clean[columns[2:]] = clean.groupby("unit", sort=False)[columns[2:]].ffill()
