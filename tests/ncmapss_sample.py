@@ -25,8 +25,8 @@ def write_sample(
                 "Nf", "Nc", "Wf"]  # fmt: skip
     xv_names = ["T40", "P30", "P45", "W21", "W22", "W25", "W31", "W32", "W48", "W50", "SmFan",
                 "SmLPC", "SmHPC", "phi"]  # fmt: skip
-    t_names = ["fan_eff_mod", "fan_flow_mod", "LPC_eff_mod", "LPC_flow_mod", "HPC_eff_mod",
-               "HPC_flow_mod", "HPT_eff_mod", "HPT_flow_mod", "LPT_eff_mod", "LPT_flow_mod"]  # fmt: skip
+    t_names = [f"{part}_{kind}_mod" for part in ("fan", "LPC", "HPC", "HPT", "LPT")
+               for kind in ("eff", "flow")]  # fmt: skip
     with h5py.File(path, "w") as f:
         for split, units in (("dev", dev_units), ("test", test_units)):
             parts: dict[str, list[np.ndarray]] = {p: [] for p in PARTS}

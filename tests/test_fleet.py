@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -22,6 +24,7 @@ from grace_rul.data import (
     regime_keys,
 )
 from grace_rul.data.regimes import kmeans_regimes
+from grace_rul.errors import GraceError
 
 # Other names for every C-MAPSS column: the tables must not rely on GRACE's names.
 RENAME = {"unit": "engine_id", "cycle": "t", **{s: f"op_{i}" for i, s in enumerate(SETTINGS)}}
@@ -166,3 +169,133 @@ def test_hdf5_without_ncmapss_arrays(tmp_path, cli):
     assert r.code == 2 and len(r.err_lines) == 1
     assert "not an N-CMAPSS file (missing W_dev" in r.err
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- own fleets
+
+
+def pump_fleet(folder: Path, units: int = 6, rows: int = 40, **yaml_keys) -> Path:
+    """A small synthetic run-to-failure fleet (CSV) with its YAML; ``yaml_keys`` edit the YAML."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for u in range(1, units + 1):
+        n = rows + 3 * u
+        t = np.arange(1, n + 1)
+        wear = t / n
+        load = rng.choice([10.0, 50.0], size=n)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "pump_id": u,
+                    "hour": t,
+                    "load": load,
+                    "p_in": 3 + load / 10 + wear + rng.normal(0, 0.05, n),
+                    "vib_x": 1 + wear**2 + rng.normal(0, 0.05, n),
+                    "temp": 60 + 5 * wear + rng.normal(0, 0.2, n),
+                    "firmware": 7.0,
+                }
+            )
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames).to_csv(folder / "pumps.csv", index=False)
+    doc = {"name": "pumps", "train": "pumps.csv", "unit": "pump_id", "time": "hour",
+           "settings": ["load"], "regimes": "auto", "sensors": "auto", "window": 10}  # fmt: skip
+    doc.update(yaml_keys)
+    path = folder / "pumps.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in doc.items() if v is not None}))
+    return path
+
+
+def test_describe_fd001_and_a_fleet_yaml(tmp_path, cli):
+    r = cli("data", "describe", "--dataset", "fd001", "--json")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert d["units"] == {"train": 80, "val": 20, "test": 100}
+    assert d["regimes"]["found"] == 1 and len(d["sensors"]["kept"]) == 14
+    assert d["rows_per_unit"]["train"]["min"] == 128
+    r = cli("data", "describe", "--dataset", pump_fleet(tmp_path), "--json")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert d["sensors"]["kept"] == ["p_in", "vib_x", "temp"]
+    assert d["sensors"]["dropped"] == {"firmware": "constant"}
+    assert d["regimes"]["found"] == 2 and d["normalization"] == "regime"
+    assert d["units"]["test"] == 1 and "held-out training units" in d["test_split"]
+    assert d["windows"]["window"] == 10 and d["labels"]["train"]["min"] == 0
+    r = cli("data", "describe", "--dataset", pump_fleet(tmp_path))
+    assert r.code == 0 and "dropped firmware: constant" in r.out
+
+
+def _edit_csv(path: Path, edit) -> None:
+    frame = pd.read_csv(path)
+    out = edit(frame)  # edits in place (None) or returns a new frame
+    (frame if out is None else out).to_csv(path, index=False)
+
+
+def _set(frame, row, col: str, value) -> None:
+    frame.loc[row, col] = value
+
+
+BAD_INPUTS = {
+    "missing file": (
+        {"train": "nowhere.csv"}, None, "train file not found"),
+    "missing column": (
+        {"sensors": ["p_in", "vib_y"]}, None, "no column 'vib_y' (near: vib_x"),
+    "short unit": (
+        {"window": 60}, None, "fewer than data.window=60"),
+    "time not increasing": (
+        {}, lambda f: _set(f, [4, 5], "hour", [6, 5]), "hour does not increase within unit 1"),
+    "duplicate rows": (
+        {}, lambda f: _set(f, 5, "hour", 5), "duplicate rows for unit 1, hour 5"),
+    "nan cells": (
+        {}, lambda f: _set(f, 7, "vib_x", np.nan), "in column 'vib_x' at data row(s) 8"),
+    "too few units": (
+        {}, lambda f: f[f.pump_id <= 2], "a dataset needs at least 3"),
+    "all constant": (
+        {"settings": None, "regimes": None},
+        lambda f: f.assign(p_in=1.0, vib_x=1.0, temp=1.0, load=1.0),
+        "no sensors left after dropping constant"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_fleet_input_is_one_line_and_trains_nothing(case, tmp_path, cli):
+    keys, edit, message = BAD_INPUTS[case]
+    path = pump_fleet(tmp_path, **keys)
+    if edit is not None:
+        _edit_csv(tmp_path / "pumps.csv", edit)
+    r = cli("train", "--preset", "tiny", "--dataset", path, "--out", tmp_path / "run")
+    assert r.code == 2 and len(r.err_lines) == 1, r.err
+    assert message in r.err, r.err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_nan_policy_ffill_fills_within_a_unit(tmp_path):
+    path = pump_fleet(tmp_path, nan_policy="ffill")
+    _edit_csv(tmp_path / "pumps.csv", lambda f: _set(f, 7, "vib_x", np.nan))
+    data = load_dataset(DataConfig(dataset=str(path), window=10), seed=0)
+    assert torch.isfinite(data.train.x).all()
+    _edit_csv(tmp_path / "pumps.csv", lambda f: _set(f, 0, "vib_x", np.nan))  # nothing before it
+    with pytest.raises(GraceError, match="column 'vib_x' at data row"):
+        load_dataset(DataConfig(dataset=str(path), window=10), seed=0)
+
+
+def test_test_rul_must_match_the_test_units(tmp_path, cli):
+    path = pump_fleet(tmp_path, test="test.csv", test_rul="rul.csv")
+    frame = pd.read_csv(tmp_path / "pumps.csv")
+    frame[frame.pump_id <= 3].to_csv(tmp_path / "test.csv", index=False)
+    (tmp_path / "rul.csv").write_text("pump_id,rul\n1,5\n2,7\n9,3\n")
+    r = cli("data", "describe", "--dataset", path)
+    assert r.code == 2 and "rows for unit(s) 9 that are not in the test file" in r.err
+    (tmp_path / "rul.csv").write_text("unit,rul\n1,5\n2,7\n")
+    r = cli("data", "describe", "--dataset", path)
+    assert r.code == 2 and "no row for test unit(s) 3" in r.err
+    (tmp_path / "rul.csv").write_text("unit,rul\n1,5\n2,7\n3,0\n")
+    r = cli("data", "describe", "--dataset", path, "--json")
+    assert r.code == 0 and json.loads(r.out)["test_split"] == "test units, last window"
+
+
+def test_dataset_that_does_not_exist(tmp_path, cli):
+    r = cli("train", "--preset", "tiny", "--dataset", tmp_path / "x.yaml", "--out", tmp_path / "r")
+    assert r.code == 2 and len(r.err_lines) == 1 and "file not found" in r.err
+    r = cli("train", "--preset", "tiny", "--dataset", "FD009", "--out", tmp_path / "r")
+    assert r.code == 2 and "is not one of FD001, FD002, FD003, FD004" in r.err

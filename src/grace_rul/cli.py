@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from grace_rul.data.commands import add_data_parser
 from grace_rul.errors import GraceError
 from grace_rul.experiments.commands import add_sweep_parser, add_table_parser
 from grace_rul.inference.commands import add_ensemble_parser, add_export_parser, add_predict_parser
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_predict_parser(sub)
     add_ensemble_parser(sub)
+    add_data_parser(sub)
     return parser
 
 
