@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -299,3 +300,37 @@ def test_dataset_that_does_not_exist(tmp_path, cli):
     assert r.code == 2 and len(r.err_lines) == 1 and "file not found" in r.err
     r = cli("train", "--preset", "tiny", "--dataset", "FD009", "--out", tmp_path / "r")
     assert r.code == 2 and "is not one of FD001, FD002, FD003, FD004" in r.err
+
+
+@pytest.mark.slow
+def test_fleet_yaml_train_evaluate_export_predict_and_sweep_names(tmp_path, cli, monkeypatch):
+    path = pump_fleet(tmp_path / "fleet")
+    monkeypatch.chdir(tmp_path / "fleet")  # a relative dataset path is stored absolute
+    run = tmp_path / "run"
+    r = cli("train", "--preset", "tiny", "--epochs", "1", "--threads", "1", "--quiet",
+            "--dataset", "pumps.yaml", "--out", run)  # fmt: skip
+    assert r.code == 0, r.err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"] == str(path) and "held-out training units" in metrics["test_split"]
+    r = cli("evaluate", "--checkpoint", run / "checkpoints" / "best.pt")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["test"]["rmse_last"] == pytest.approx(metrics["test"]["rmse_last"])
+    r = cli("export", run, "--out", tmp_path / "model")
+    assert r.code == 0, r.err
+    r = cli("evaluate", "--model", tmp_path / "model")  # the model path scores the same cuts
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["test"]["rmse_last"] == pytest.approx(
+        metrics["test"]["rmse_last"], rel=1e-5
+    )
+    frame = pd.read_csv(tmp_path / "fleet" / "pumps.csv")
+    frame[frame.pump_id <= 2].to_csv(tmp_path / "new.csv", index=False)  # the YAML's names
+    r = cli("predict", "--model", tmp_path / "model", "--input", tmp_path / "new.csv")
+    assert r.code == 0, r.err
+    table = pd.read_csv(io.StringIO(r.out))
+    assert table["unit"].tolist() == [1, 2] and table["rul"].notna().all()
+    frame.rename(columns={"pump_id": "engine"}).to_csv(tmp_path / "bad.csv", index=False)
+    r = cli("predict", "--model", tmp_path / "model", "--input", tmp_path / "bad.csv")
+    assert r.code == 2 and "missing column(s) pump_id" in r.err
+    from grace_rul.experiments.grid import Cell
+
+    assert Cell(str(path), "gaba", 1).name == "pumps-gaba-s1"

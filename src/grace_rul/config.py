@@ -28,7 +28,7 @@ import yaml
 
 from grace_rul.balancers.engine import GRAD_SOURCES
 from grace_rul.balancers.grace import GRACE_WEIGHT_DECAY_SCHEDULE
-from grace_rul.data.cmapss import DATASETS, DataConfig, dataset_name
+from grace_rul.data.cmapss import DATASETS, DataConfig, dataset_name, is_dataset_file
 from grace_rul.errors import GraceError
 from grace_rul.metrics import PROTOCOL_LABELS, PROTOCOLS, SELECTIONS
 from grace_rul.stabilisers.clipping import MODES as CLIP_MODES
@@ -294,6 +294,8 @@ def resolve_config(
     _merge(cfg, PRESETS[name], "")
     _merge(cfg, layers, "")
     cfg.data.dataset = dataset_name(cfg.data.dataset)
+    if is_dataset_file(cfg.data.dataset):  # absolute: runs are evaluated from anywhere
+        cfg.data.dataset = str(Path(cfg.data.dataset).expanduser().absolute())
     _dataset_defaults(cfg, layers.get("data") or {})
     if cfg.balancer.name == "grace" and not cfg.train.weight_decay_schedule:
         cfg.train.weight_decay_schedule = [list(m) for m in GRACE_WEIGHT_DECAY_SCHEDULE]

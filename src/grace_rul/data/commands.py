@@ -68,8 +68,11 @@ def describe(cfg: DataConfig, seed: int = 42, data_dir: str | Path | None = None
             "test": labels(data.test),
             "health_train": np.bincount(data.train.health.numpy(), minlength=3).tolist(),
         },
-        **({"notes": {k: v for k, v in raw.notes.items() if k != "sensors_dropped"}}
-           if len(raw.notes) > 1 else {}),  # fmt: skip
+        **(
+            {"notes": {k: v for k, v in raw.notes.items() if k != "sensors_dropped"}}
+            if len(raw.notes) > 1
+            else {}
+        ),  # fmt: skip
     }
 
 
