@@ -245,17 +245,17 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
     return value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a nested dict (one-line errors on failure)."""
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML file (``what`` names it in errors) into a nested dict (one-line errors)."""
     p = Path(path)
     if not p.is_file():
-        raise GraceError(f"config file not found: {p}")
+        raise GraceError(f"{what} not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise GraceError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise GraceError(f"{what} {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise GraceError(f"config file {p} must hold a mapping at the top level")
+        raise GraceError(f"{what} {p} must hold a mapping at the top level")
     return data
 
 

@@ -55,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from grace_rul.data.cmapss import TEST_SEED, DataConfig, RawSubset, split_units
 from grace_rul.errors import GraceError
@@ -90,15 +89,10 @@ class TableSpec:
 
 def read_spec(path: str | Path) -> TableSpec:
     """Parse and check a dataset YAML (files must exist; columns are checked on reading)."""
+    from grace_rul.config import load_yaml
+
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise GraceError(f"dataset YAML not found: {p}")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise GraceError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise GraceError(f"{p}: a dataset YAML must hold a mapping (train, unit, time, ...)")
+    doc = load_yaml(p, "dataset YAML")
     for key in doc:
         if key not in KEYS:
             near = difflib.get_close_matches(str(key), KEYS, n=3)
