@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from grace_rul.data.commands import add_data_parser
 from grace_rul.errors import GraceError
 from grace_rul.experiments.commands import add_sweep_parser, add_table_parser
 from grace_rul.inference.commands import add_ensemble_parser, add_export_parser, add_predict_parser
@@ -77,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from grace_rul.config import DATASETS
+    from grace_rul.data import dataset_name
 
     p = sub.add_parser(
         "evaluate",
@@ -90,7 +91,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--model", help="run, checkpoint, model or ensemble directory")
     which.add_argument("--checkpoint", dest="model", help="the same as --model (a best.pt)")
     p.add_argument(
-        "--dataset", type=str.upper, choices=DATASETS, help="subset (default: the model's)"
+        "--dataset",
+        type=dataset_name,
+        help="FD001..FD004, a dataset YAML or an N-CMAPSS .h5 file (default: the model's)",
     )
     p.add_argument("--data-dir", help="directory with the twelve C-MAPSS *.txt.gz files")
     p.set_defaults(func=cmd_evaluate)
@@ -121,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_predict_parser(sub)
     add_ensemble_parser(sub)
+    add_data_parser(sub)
     return parser
 
 

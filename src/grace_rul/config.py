@@ -28,7 +28,7 @@ import yaml
 
 from grace_rul.balancers.engine import GRAD_SOURCES
 from grace_rul.balancers.grace import GRACE_WEIGHT_DECAY_SCHEDULE
-from grace_rul.data.cmapss import DATASETS, DataConfig
+from grace_rul.data.cmapss import DATASETS, DataConfig, dataset_name, is_dataset_file
 from grace_rul.errors import GraceError
 from grace_rul.metrics import PROTOCOL_LABELS, PROTOCOLS, SELECTIONS
 from grace_rul.stabilisers.clipping import MODES as CLIP_MODES
@@ -253,17 +253,17 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
     return value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a nested dict (one-line errors on failure)."""
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML file (``what`` names it in errors) into a nested dict (one-line errors)."""
     p = Path(path)
     if not p.is_file():
-        raise GraceError(f"config file not found: {p}")
+        raise GraceError(f"{what} not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise GraceError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise GraceError(f"{what} {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise GraceError(f"config file {p} must hold a mapping at the top level")
+        raise GraceError(f"{what} {p} must hold a mapping at the top level")
     return data
 
 
@@ -301,10 +301,23 @@ def resolve_config(
     cfg = Config(preset=name)
     _merge(cfg, PRESETS[name], "")
     _merge(cfg, layers, "")
+    cfg.data.dataset = dataset_name(cfg.data.dataset)
+    if is_dataset_file(cfg.data.dataset):  # absolute: runs are evaluated from anywhere
+        cfg.data.dataset = str(Path(cfg.data.dataset).expanduser().absolute())
+    _dataset_defaults(cfg, layers.get("data") or {})
     if cfg.balancer.name == "grace" and not cfg.train.weight_decay_schedule:
         cfg.train.weight_decay_schedule = [list(m) for m in GRACE_WEIGHT_DECAY_SCHEDULE]
     validate(cfg)
     return cfg
+
+
+def _dataset_defaults(cfg: Config, explicit: dict[str, Any]) -> None:
+    """A dataset YAML's ``window`` / ``max_rul`` where ``data.*`` does not set them itself."""
+    from grace_rul.data.datasets import dataset_defaults
+
+    for key, value in dataset_defaults(cfg.data.dataset).items():
+        if key not in explicit:
+            setattr(cfg.data, key, value)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -395,7 +408,7 @@ def validate(cfg: Config) -> None:
 
 # Named flags for the most used keys: --NAME VALUE is --set KEY=VALUE.
 ALIASES: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
-    "dataset": ("data.dataset", DATASETS, "C-MAPSS subset"),
+    "dataset": ("data.dataset", None, "FD001..FD004, a dataset YAML or an N-CMAPSS .h5 file"),
     "balancer": ("balancer.name", None, "loss balancer, e.g. equal, gaba, grace"),
     "seed": ("seed", None, "seed for every RNG"),
     "epochs": ("train.epochs", None, "maximum epochs"),
@@ -443,7 +456,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser, aliases: tuple[str, .
         key, choices, text = ALIASES[name]
         parser.add_argument(
             f"--{name.replace('_', '-')}",
-            type=str.upper if name == "dataset" else str,
+            type=dataset_name if name == "dataset" else str,
             choices=choices,
             help=f"{text} (= --set {key}=...)",
         )

@@ -34,7 +34,7 @@ from grace_rul import __version__, rundir, source_commit
 from grace_rul.balancers import balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
 from grace_rul.config import Config, Execution, config_from_dict
-from grace_rul.data import CMAPSSData, load_cmapss, read_cmapss, unit_windows
+from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split, test_metrics
 from grace_rul.inference.conformal import run_interval_metrics
@@ -103,7 +103,7 @@ def train(
 
     device = _device(exe)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
-    data = load_cmapss(cfg.data, cfg.seed, exe.data_dir)
+    data = load_dataset(cfg.data, cfg.seed, exe.data_dir)
     parts = _build(cfg, data, device)
     model: DualTaskNet = parts["model"]
     balancer, optimizer, ema = parts["balancer"], parts["optimizer"], parts["ema"]
@@ -432,6 +432,7 @@ def _finish(
         "precision": parts["precision"].mode,
         "val": {k: v for k, v in best["metrics"].items() if k != "confusion"},
         "test": test_metrics(test),
+        "test_split": data.test_split,
         "intervals": intervals,
         "best_epoch": state.best_epoch + 1,
         "epochs_run": run.epochs_written(),
@@ -455,7 +456,7 @@ def _finish(
 
 def _trajectories(model, cfg: Config, data, data_dir: str | None) -> list[list[Any]]:
     """Full-life predictions of the two test units with the longest records."""
-    raw = read_cmapss(cfg.data.dataset, data_dir)
+    raw = read_dataset(cfg.data, data_dir)
     lengths = raw.test.groupby("unit")["cycle"].max().sort_values(ascending=False)
     rows: list[list[Any]] = []
     for unit in lengths.index[:2]:

@@ -1,4 +1,8 @@
-"""The C-MAPSS data contract; everything is documented in :mod:`grace_rul.data.cmapss`."""
+"""The data contract (documented in :mod:`grace_rul.data.cmapss`) and its one entry point.
+
+:func:`load_dataset` reads ``data.dataset`` (a C-MAPSS subset, a dataset YAML or an
+N-CMAPSS HDF5 file; :mod:`grace_rul.data.datasets`) and builds its windows.
+"""
 
 from grace_rul.data.cmapss import (
     COLUMNS,
@@ -12,9 +16,13 @@ from grace_rul.data.cmapss import (
     RawSubset,
     Split,
     add_labels,
+    build_data,
     bundled_dir,
     clear_cache,
+    dataset_name,
     health_class,
+    is_dataset_file,
+    label_frame,
     load_cmapss,
     make_windows,
     read_cmapss,
@@ -25,6 +33,7 @@ from grace_rul.data.cmapss import (
     truncated_windows,
     unit_windows,
 )
+from grace_rul.data.datasets import dataset_kind, load_dataset, read_dataset
 
 __all__ = [
     "COLUMNS",
@@ -50,4 +59,11 @@ __all__ = [
     "test_windows",
     "truncated_windows",
     "unit_windows",
+    "build_data",
+    "dataset_kind",
+    "dataset_name",
+    "is_dataset_file",
+    "label_frame",
+    "load_dataset",
+    "read_dataset",
 ]

@@ -70,7 +70,7 @@ import hashlib
 import io
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +113,9 @@ SHA256: dict[str, str] = {
 }
 
 NORMALIZATIONS: tuple[str, ...] = ("auto", "global", "regime")
+# Seed of test splits a fleet lacks (held-out units, their cuts): fixed, so every run
+# seed of a sweep is scored on the same test windows.
+TEST_SEED = 0
 
 
 @dataclass
@@ -131,12 +134,15 @@ class DataConfig:
     val_fraction: float = 0.2  # share of training units held out (whole engines)
     val_cuts: int = 10  # truncation points per validation unit for the test-like score
     normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
+    test_fraction: float = 0.2  # share of units held out for the test when a dataset has none
+    downsample: int = 10  # N-CMAPSS: keep every n-th 1 Hz row (seconds between kept rows)
 
     def validate(self) -> None:
         """Refuse settings that cannot build windows, with one line naming the setting."""
         problems = [
-            (self.dataset in DATASETS, f"data.dataset '{self.dataset}' is not one of "
-             f"{', '.join(DATASETS)}"),
+            (self.dataset in DATASETS or is_dataset_file(self.dataset),
+             f"data.dataset '{self.dataset}' is not one of {', '.join(DATASETS)}, a dataset "
+             f"YAML (.yaml/.yml) or an N-CMAPSS HDF5 file (.h5/.hdf5)"),
             (self.window >= 1, f"data.window must be >= 1 (got {self.window})"),
             (self.max_rul > 0, f"data.max_rul must be > 0 (got {self.max_rul})"),
             (0 < self.critical_rul < self.degrading_rul,
@@ -147,10 +153,29 @@ class DataConfig:
             (self.val_cuts >= 1, f"data.val_cuts must be >= 1 (got {self.val_cuts})"),
             (self.normalization in NORMALIZATIONS,
              f"data.normalization must be one of {', '.join(NORMALIZATIONS)}"),
+            (0 < self.test_fraction < 1,
+             f"data.test_fraction must be in (0, 1) (got {self.test_fraction})"),
+            (self.downsample >= 1, f"data.downsample must be >= 1 (got {self.downsample})"),
         ]  # fmt: skip
         for ok, message in problems:
             if not ok:
                 raise GraceError(f"invalid setting: {message}")
+        if self.dataset not in DATASETS and not Path(self.dataset).expanduser().is_file():
+            raise GraceError(f"data.dataset: file not found: {self.dataset}")
+
+
+DATASET_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".h5", ".hdf5")
+
+
+def is_dataset_file(name: str) -> bool:
+    """True when ``name`` names a dataset YAML or an N-CMAPSS HDF5 file (by its suffix)."""
+    return Path(str(name)).suffix.lower() in DATASET_SUFFIXES
+
+
+def dataset_name(name: str) -> str:
+    """``fd001`` -> ``FD001``; any other name (a file path) unchanged."""
+    text = str(name)
+    return text.upper() if text.upper() in DATASETS else text
 
 
 _STD_FLOOR = 1e-8  # a sensor with a smaller spread (constant in a regime) is only centred
@@ -164,12 +189,26 @@ _CACHE: dict[tuple[str, int | None, int | None], Any] = {}
 
 @dataclass
 class RawSubset:
-    """One C-MAPSS subset as read from disk: train and test frames plus the test RUL."""
+    """One fleet as read from disk: train and test frames plus the test RUL.
+
+    A C-MAPSS subset uses the defaults. Other fleets (:mod:`grace_rul.data.tables`,
+    :mod:`grace_rul.data.ncmapss`) name their own sensors and settings; their frames
+    always have ``unit`` and ``cycle`` columns (the time column, renamed).
+    """
 
     dataset: str
-    train: pd.DataFrame  # columns COLUMNS, rows ordered by unit then cycle
+    train: pd.DataFrame  # columns unit, cycle, settings, sensors; ordered by unit then cycle
     test: pd.DataFrame
     test_rul: np.ndarray  # true RUL at each test unit's last cycle, in unit order
+    sensors: tuple[str, ...] = SENSORS
+    settings: tuple[str, ...] = SETTINGS
+    regimes: str | int = "round"  # round (C-MAPSS rounding) | none | auto | k (k-means)
+    # How the test split was made, for metrics.json; "cuts": test units run to failure
+    # and are scored like validation units (truncated at data.val_cuts points).
+    test_split: str = "test units, last window"
+    test_cuts: bool = False
+    label_column: str | None = None  # a column of true RUL per row (N-CMAPSS Y), else computed
+    notes: dict[str, Any] = field(default_factory=dict)  # what the reader dropped, and why
 
 
 def bundled_dir() -> Traversable:
@@ -347,11 +386,14 @@ def regime_keys(frame: pd.DataFrame) -> np.ndarray:
 class Normalizer:
     """Per-sensor standardisation fitted on the training units only, stored in checkpoints.
 
-    ``mode="global"``: one mean/std per sensor. ``mode="regime"``: the settings
-    are clustered into operating regimes by rounding (:func:`regime_keys`) and each
-    sensor is standardised per regime; rows of an unseen regime use the nearest
-    fitted regime centroid (distance measured in rounding steps). A std below
-    1e-8 is replaced by 1 (the sensor is only centred).
+    ``mode="global"``: one mean/std per sensor. ``mode="regime"``: each sensor is
+    standardised per operating regime. C-MAPSS regimes come from rounding the settings
+    (:func:`regime_keys`); rows of an unseen regime use the nearest fitted regime
+    centroid (distance measured in rounding steps). Other fleets find regimes by
+    k-means (:func:`grace_rul.data.regimes.kmeans_regimes`) on the settings
+    standardised with ``setting_scale`` (mean, std); ``keys`` are then the cluster
+    centres in that space and every row goes to the nearest one. A std below 1e-8 is
+    replaced by 1 (the sensor is only centred).
     """
 
     def __init__(
@@ -362,15 +404,23 @@ class Normalizer:
         mean: np.ndarray,
         std: np.ndarray,
         sensors: tuple[str, ...] = SENSORS,
+        settings: tuple[str, ...] = SETTINGS,
+        setting_scale: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         if mode not in ("global", "regime"):
             raise GraceError(f"normalizer mode must be global or regime (got '{mode}')")
         self.mode = mode
         self.sensors = tuple(sensors)
-        self.keys = np.asarray(keys, dtype=np.float64).reshape(-1, len(SETTINGS))
-        self.centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, len(SETTINGS))
-        self.mean = np.asarray(mean, dtype=np.float64).reshape(-1, len(self.sensors))
-        self.std = np.asarray(std, dtype=np.float64).reshape(-1, len(self.sensors))
+        self.settings = tuple(settings)
+        self.keys = _rows(keys, len(self.settings))
+        self.centroids = _rows(centroids, len(self.settings))
+        self.mean = _rows(mean, len(self.sensors))
+        self.std = _rows(std, len(self.sensors))
+        self.setting_scale = (
+            None
+            if setting_scale is None
+            else tuple(np.asarray(v, dtype=np.float64).reshape(-1) for v in setting_scale)
+        )
         n = len(self.mean)
         if n < 1 or len(self.std) != n or (mode == "regime" and len(self.keys) != n):
             raise GraceError("normalizer statistics are inconsistent (corrupt checkpoint?)")
@@ -380,35 +430,60 @@ class Normalizer:
         return len(self.mean)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, mode: str) -> Normalizer:
-        """Fit on ``frame`` (the training units only) in ``global`` or ``regime`` mode."""
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        mode: str,
+        sensors: tuple[str, ...] = SENSORS,
+        settings: tuple[str, ...] = SETTINGS,
+        regimes: str | int = "round",
+    ) -> Normalizer:
+        """Fit on ``frame`` (the training units only) in ``global`` or ``regime`` mode.
+
+        ``regimes`` says how regime mode finds regimes: ``"round"`` (C-MAPSS rounding),
+        ``"auto"`` or an integer k (k-means on the standardised settings).
+        """
         if mode not in ("global", "regime"):
             raise GraceError(f"normalizer mode must be global or regime (got '{mode}')")
         if len(frame) == 0:
             raise GraceError("cannot fit the normalizer on an empty frame")
-        values = frame[list(SENSORS)].to_numpy(dtype=np.float64)
+        sensors, settings = tuple(sensors), tuple(settings)
+        values = frame[list(sensors)].to_numpy(dtype=np.float64)
         if mode == "global":
-            empty = np.zeros((0, len(SETTINGS)))
-            return cls(mode, empty, empty, values.mean(0, keepdims=True), _safe_std(values))
-        keys = regime_keys(frame)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+            empty = np.zeros((0, len(settings)))
+            mean, std = values.mean(0, keepdims=True), _safe_std(values)
+            return cls(mode, empty, empty, mean, std, sensors, settings)
+        raw = frame[list(settings)].to_numpy(dtype=np.float64)
+        scale = None
+        if regimes == "round":
+            uniq, inverse = np.unique(regime_keys(frame), axis=0, return_inverse=True)
+        else:
+            from grace_rul.data.regimes import kmeans_regimes
+
+            uniq, inverse, scale = kmeans_regimes(raw, regimes)
         inverse = inverse.reshape(-1)
         counts = np.bincount(inverse)[:, None]
-        settings = frame[list(SETTINGS)].to_numpy(dtype=np.float64)
-        centroids = np.zeros((len(uniq), len(SETTINGS)))
-        np.add.at(centroids, inverse, settings)
-        mean = np.zeros((len(uniq), len(SENSORS)))
+        centroids = np.zeros((len(uniq), len(settings)))
+        np.add.at(centroids, inverse, raw)
+        mean = np.zeros((len(uniq), len(sensors)))
         np.add.at(mean, inverse, values)
         mean /= counts
         var = np.zeros_like(mean)
         np.add.at(var, inverse, (values - mean[inverse]) ** 2)
         std = np.sqrt(var / counts)
-        return cls(mode, uniq, centroids / counts, mean, np.where(std < _STD_FLOOR, 1.0, std))
+        std = np.where(std < _STD_FLOOR, 1.0, std)
+        return cls(mode, uniq, centroids / counts, mean, std, sensors, settings, scale)
 
     def assign(self, frame: pd.DataFrame) -> np.ndarray:
         """Regime index of every row (all zeros in global mode)."""
         if self.mode == "global":
             return np.zeros(len(frame), dtype=np.int64)
+        if self.setting_scale is not None:
+            from grace_rul.data.regimes import nearest
+
+            centre, spread = self.setting_scale
+            z = (frame[list(self.settings)].to_numpy(dtype=np.float64) - centre) / spread
+            return nearest(z, self.keys)
         keys = regime_keys(frame)
         match = np.all(np.isclose(keys[:, None, :], self.keys[None], atol=1e-9), axis=2)
         known = match.any(axis=1)
@@ -421,14 +496,19 @@ class Normalizer:
         return regime.astype(np.int64)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Standardised sensors of every row, shape (rows, 14), float32."""
+        """Standardised sensors of every row, shape (rows, sensors), float32."""
         values = frame[list(self.sensors)].to_numpy(dtype=np.float64)
         regime = self.assign(frame)
         return ((values - self.mean[regime]) / self.std[regime]).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain lists and floats (JSON- and ``torch.save``-safe) for checkpoints."""
-        return {
+        """Plain lists and floats (JSON- and ``torch.save``-safe) for checkpoints.
+
+        C-MAPSS statistics keep their original keys; other settings names and
+        k-means regimes add ``settings``, ``regime_method``, ``setting_mean`` and
+        ``setting_std``.
+        """
+        out: dict[str, Any] = {
             "mode": self.mode,
             "sensors": list(self.sensors),
             "regime_decimals": list(REGIME_DECIMALS),
@@ -437,16 +517,29 @@ class Normalizer:
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
         }
+        if self.settings != SETTINGS:
+            out["settings"] = list(self.settings)
+        if self.setting_scale is not None:
+            out["regime_method"] = "kmeans"
+            out["setting_mean"] = self.setting_scale[0].tolist()
+            out["setting_std"] = self.setting_scale[1].tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalizer:
         """Rebuild a normalizer saved by :meth:`to_dict`."""
         try:
-            if list(d.get("regime_decimals", REGIME_DECIMALS)) != list(REGIME_DECIMALS):
+            kmeans = d.get("regime_method", "round") == "kmeans"
+            if not kmeans and list(d.get("regime_decimals", REGIME_DECIMALS)) != list(
+                REGIME_DECIMALS
+            ):
                 raise GraceError("normalizer was fitted with other regime rounding")
+            scale = (d["setting_mean"], d["setting_std"]) if kmeans else None
+            settings = tuple(str(s) for s in d.get("settings", SETTINGS))
             return cls(
-                d["mode"], d["keys"], d["centroids"], d["mean"], d["std"], tuple(d["sensors"])
-            )
+                d["mode"], d["keys"], d["centroids"], d["mean"], d["std"], tuple(d["sensors"]),
+                settings, scale,
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise GraceError(
                 f"normalizer statistics are malformed (missing or bad {exc})"
@@ -454,6 +547,14 @@ class Normalizer:
 
     def __repr__(self) -> str:
         return f"Normalizer(mode={self.mode!r}, regimes={self.n_regimes})"
+
+
+def _rows(values: Any, width: int) -> np.ndarray:
+    """``values`` as a float64 matrix with ``width`` columns (a width of 0 keeps the rows)."""
+    array = np.asarray(values, dtype=np.float64)
+    if width == 0:
+        return array.reshape(len(array) if array.ndim else 0, 0)
+    return array.reshape(-1, width)
 
 
 def _safe_std(values: np.ndarray) -> np.ndarray:
@@ -548,6 +649,7 @@ class CMAPSSData:
     feature_names: tuple[str, ...]
     train_units: list[int]
     val_units: list[int]
+    test_split: str = "test units, last window"  # how the test split was made (metrics.json)
 
 
 def split_units(units: np.ndarray, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -569,18 +671,22 @@ def load_cmapss(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) 
     where the files are (``None``: the bundled copy).
     """
     cfg.validate()
-    raw = read_cmapss(cfg.dataset, data_dir)
+    return build_data(read_cmapss(cfg.dataset, data_dir), cfg, seed)
+
+
+def build_data(raw: RawSubset, cfg: DataConfig, seed: int) -> CMAPSSData:
+    """Windows, labels, split and scaling of any fleet read into a :class:`RawSubset`."""
     longest = int(raw.train.groupby("unit").size().max())
     if cfg.window > longest:
         raise GraceError(
             f"data.window={cfg.window} is longer than every training unit of {raw.dataset} "
             f"(longest: {longest} cycles)"
         )
-    train_all = add_labels(raw.train, cfg.max_rul, cfg.critical_rul, cfg.degrading_rul)
+    train_all = label_frame(raw, raw.train, cfg)
     train_units, val_units = split_units(train_all["unit"].to_numpy(), cfg.val_fraction, seed)
     in_val = train_all["unit"].isin(val_units).to_numpy()
     train, val = train_all[~in_val], train_all[in_val]
-    normalizer = Normalizer.fit(train, resolve_normalization(cfg.normalization, raw.dataset))
+    normalizer = fit_normalizer(raw, train, cfg)
     val_split = make_windows(normalizer.transform(val), val, cfg.window)
     return CMAPSSData(
         dataset=raw.dataset,
@@ -589,15 +695,58 @@ def load_cmapss(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) 
         val_last=truncated_windows(val_split, cfg.val_cuts, seed),
         test=test_windows(raw, normalizer, cfg),
         normalizer=normalizer,
-        feature_names=SENSORS,
+        feature_names=tuple(raw.sensors),
         train_units=train_units,
         val_units=val_units,
+        test_split=raw.test_split,
     )
 
 
+def fit_normalizer(raw: RawSubset, train: pd.DataFrame, cfg: DataConfig) -> Normalizer:
+    """The normaliser of ``raw``'s training units under ``data.normalization``.
+
+    C-MAPSS: ``auto`` is per regime for FD002/FD004. Other fleets: ``auto`` is per
+    regime when the fleet's ``regimes`` setting finds more than one, else global.
+    """
+    if raw.regimes == "round":
+        mode = resolve_normalization(cfg.normalization, raw.dataset)
+        return Normalizer.fit(train, mode, raw.sensors, raw.settings)
+    if cfg.normalization == "global" or raw.regimes == "none":
+        if cfg.normalization == "regime":
+            raise GraceError(f"data.normalization=regime, but {raw.dataset} has no regimes")
+        return Normalizer.fit(train, "global", raw.sensors, raw.settings)
+    fitted = Normalizer.fit(train, "regime", raw.sensors, raw.settings, raw.regimes)
+    if fitted.n_regimes == 1 and cfg.normalization == "auto":
+        return Normalizer.fit(train, "global", raw.sensors, raw.settings)
+    return fitted
+
+
+def label_frame(
+    raw: RawSubset, frame: pd.DataFrame, cfg: DataConfig, final_rul: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Capped RUL and health of every row of one of ``raw``'s frames.
+
+    Computed from the cycles (:func:`add_labels`), or taken from ``raw.label_column``
+    (capped at ``max_rul``) where the fleet records the true RUL of every row.
+    """
+    if raw.label_column is None:
+        return add_labels(frame, cfg.max_rul, cfg.critical_rul, cfg.degrading_rul, final_rul)
+    rul = np.minimum(frame[raw.label_column].to_numpy(dtype=np.float64), float(cfg.max_rul))
+    return frame.assign(rul=rul, health=health_class(rul, cfg.critical_rul, cfg.degrading_rul))
+
+
 def test_windows(raw: RawSubset, normalizer: Normalizer, cfg: DataConfig) -> Split:
-    """The last window of every test unit of ``raw``, labelled and scaled with ``normalizer``."""
-    test = add_labels(raw.test, cfg.max_rul, cfg.critical_rul, cfg.degrading_rul, raw.test_rul)
+    """The test windows of ``raw``, labelled and scaled with ``normalizer``.
+
+    The last window of every test unit; test units that run to failure
+    (``raw.test_cuts``) are cut like validation units instead: ``data.val_cuts``
+    windows per unit, drawn with the fixed seed :data:`TEST_SEED`.
+    """
+    if raw.test_cuts:
+        test = label_frame(raw, raw.test, cfg)
+        split = make_windows(normalizer.transform(test), test, cfg.window)
+        return truncated_windows(split, cfg.val_cuts, TEST_SEED)
+    test = label_frame(raw, raw.test, cfg, raw.test_rul)
     return make_windows(normalizer.transform(test), test, cfg.window, last_only=True)
 
 
@@ -648,5 +797,5 @@ def unit_windows(
     if split == "test":
         final = raw.test_rul[np.searchsorted(np.unique(frame["unit"].to_numpy()), unit)]
         final = np.array([final])
-    labelled = add_labels(rows, cfg.max_rul, cfg.critical_rul, cfg.degrading_rul, final)
+    labelled = label_frame(raw, rows, cfg, final)
     return make_windows(normalizer.transform(labelled), labelled, cfg.window)

@@ -13,6 +13,7 @@ SWEEP_ALIASES = ("epochs", "batch_size", "lr", "precision", "protocol")
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``grace sweep``: train a datasets x balancers x seeds grid and tabulate it."""
     from grace_rul.config import DATASETS, add_execution_arguments, add_setting_arguments
+    from grace_rul.data import dataset_name
     from grace_rul.experiments.executors import EXECUTORS
 
     p = subparsers.add_parser(
@@ -26,11 +27,10 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--datasets",
         nargs="+",
-        type=str.upper,
-        choices=DATASETS,
+        type=dataset_name,
         default=list(DATASETS),
-        metavar="FD00X",
-        help="C-MAPSS subsets (default: all four)",
+        metavar="DATASET",
+        help="C-MAPSS subsets, dataset YAMLs or N-CMAPSS .h5 files (default: FD001..FD004)",
     )
     p.add_argument(
         "--balancers",

@@ -47,7 +47,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.balancer}-s{self.seed}"
+        # A dataset file names its cells by its file name (no directories in a cell name).
+        return f"{Path(self.dataset).stem}-{self.balancer}-s{self.seed}"
 
 
 @dataclass

@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from grace_rul.config import Execution, merge_overrides, resolve_config
+from grace_rul.data import dataset_name
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import make_executor, threads_per_cell
 from grace_rul.experiments.grid import (
@@ -155,7 +156,7 @@ def _check_axes(
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise GraceError(f"seeds must be non-negative integers (got {s!r})")
         out_seeds.append(int(s))
-    return [str(d).upper() for d in datasets], [str(b) for b in balancers], out_seeds
+    return [dataset_name(d) for d in datasets], [str(b) for b in balancers], out_seeds
 
 
 def cell_overrides(grid: Grid, cell: Cell) -> dict[str, Any]:

@@ -85,7 +85,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         description="One row per engine: unit, cycles_seen, rul, rul_lower, rul_upper, health, "
         "p_healthy, p_degrading, p_critical, flags (short_history, unseen_regime). INPUT is "
         "C-MAPSS text (e.g. test_FD001.txt, gzip allowed) or a CSV/Parquet table with columns "
-        "unit, cycle, setting1..3 and the model's sensors (s1..s21); other columns are ignored.",
+        "unit, cycle, setting1..3 and the model's sensors (s1..s21); other columns are ignored. "
+        "A model of a dataset YAML reads that YAML's unit, time, setting and sensor columns.",
     )
     p.add_argument(
         "--model",

@@ -13,7 +13,10 @@ Euclidean distance to the nearest centroid of the regimes seen in the training u
 measured in rounding steps (1 for setting1, 0.01 for setting2, 1 for setting3), is more
 than :data:`UNSEEN_REGIME_STEPS`. The centroids are those of the training units' regime
 keys, whatever the scaling mode, so a ``global``-scaled FD001 model (one regime near
-(0, 0, 100)) flags an FD002 operating point 20 steps away.
+(0, 0, 100)) flags an FD002 operating point 20 steps away. Models of other fleets
+(dataset YAMLs, N-CMAPSS) name their own unit, time and setting columns, which
+``grace predict`` input must use; their ``unseen_regime`` flag is not computed (no
+rounding steps to measure in), so it is never set.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS
+from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS, dataset_name
 from grace_rul.errors import GraceError
 
 HEALTH_CLASSES: tuple[str, ...] = ("healthy", "degrading", "critical")  # health_class 0, 1, 2
@@ -61,12 +64,28 @@ class DataContract:
     critical_rul: int
     degrading_rul: int
     normalization: str  # resolved: "global" or "regime"
+    settings: tuple[str, ...] = SETTINGS
+    unit_column: str = "unit"
+    time_column: str = "cycle"
 
     @classmethod
-    def from_run(cls, data_cfg: Any, sensors: list[str], normalization: str) -> DataContract:
-        """The contract of a run from its :class:`~grace_rul.config.DataConfig`."""
+    def from_run(
+        cls,
+        data_cfg: Any,
+        sensors: list[str],
+        normalization: str,
+        columns: tuple[str, str, tuple[str, ...]] = ("unit", "cycle", SETTINGS),
+    ) -> DataContract:
+        """The contract of a run from its :class:`~grace_rul.config.DataConfig`.
+
+        ``columns`` are the input's unit, time and setting column names.
+        """
+        unit, time, settings = columns
         return cls(
-            dataset=str(data_cfg.dataset).upper(),
+            unit_column=unit,
+            time_column=time,
+            settings=tuple(settings),
+            dataset=dataset_name(data_cfg.dataset),
             sensors=tuple(sensors),
             window=int(data_cfg.window),
             max_rul=int(data_cfg.max_rul),
@@ -79,7 +98,9 @@ class DataContract:
         return {
             "dataset": self.dataset,
             "sensors": list(self.sensors),
-            "settings": list(SETTINGS),
+            "unit_column": self.unit_column,
+            "time_column": self.time_column,
+            "settings": list(self.settings),
             "window": self.window,
             "max_rul": self.max_rul,
             "critical_rul": self.critical_rul,
@@ -102,7 +123,19 @@ class DataContract:
             critical_rul=int(d["critical_rul"]),
             degrading_rul=int(d["degrading_rul"]),
             normalization=str(d["normalization"]),
+            settings=tuple(str(s) for s in d.get("settings", SETTINGS)),
+            unit_column=str(d.get("unit_column", "unit")),
+            time_column=str(d.get("time_column", "cycle")),
         )
+
+    def input_columns(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`grace_rul.inference.inputs.clean_frame` for this model."""
+        return {
+            "sensors": self.sensors,
+            "settings": self.settings,
+            "unit": self.unit_column,
+            "time": self.time_column,
+        }
 
     def mismatch(self, other: DataContract) -> str | None:
         """``None`` when equal, else the first differing setting as ``"name a vs b"``."""
@@ -121,7 +154,12 @@ def regime_steps() -> np.ndarray:
 
 
 def regime_distance(frame: pd.DataFrame, centroids: np.ndarray) -> np.ndarray:
-    """Distance of every row's settings to the nearest centroid, in rounding steps."""
+    """Distance of every row's settings to the nearest centroid, in rounding steps.
+
+    Zero for every row when there are no centroids (models of other fleets).
+    """
+    if np.asarray(centroids).size == 0:
+        return np.zeros(len(frame))
     settings = frame[list(SETTINGS)].to_numpy(dtype=np.float64)
     diff = (settings[:, None, :] - np.asarray(centroids)[None]) / regime_steps()
     return np.sqrt((diff**2).sum(axis=2)).min(axis=1)

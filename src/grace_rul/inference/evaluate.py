@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from grace_rul.data.cmapss import add_labels, read_cmapss, resolve_normalization
+from grace_rul.config import config_from_dict
+from grace_rul.data import (
+    DATASETS,
+    DataConfig,
+    Normalizer,
+    RawSubset,
+    dataset_name,
+    label_frame,
+    read_dataset,
+    resolve_normalization,
+    test_windows,
+)
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import test_metrics
 from grace_rul.inference.conformal import interval_metrics
@@ -26,17 +39,20 @@ def score_model(
     The last window of every test unit of ``dataset`` (default: the model's subset), each
     member scaled with its own normaliser; the same path as :func:`grace_rul.predict`.
     """
-    name = (dataset or model.contract.dataset).upper()
+    name = dataset_name(dataset or model.contract.dataset)
     first = model.members[0].config["data"]
     needed = resolve_normalization(first["normalization"], name)
-    if needed != model.contract.normalization:
+    if name in DATASETS and needed != model.contract.normalization:
         raise GraceError(
             f"model was normalised with '{model.contract.normalization}' statistics of "
             f"{model.contract.dataset}; {name} needs '{needed}' normalisation"
         )
-    raw = read_cmapss(name, data_dir)
-    c = model.contract
-    frame = add_labels(raw.test, c.max_rul, c.critical_rul, c.degrading_rul, raw.test_rul)
+    data_cfg = replace(config_from_dict(model.members[0].config).data, dataset=name)
+    raw = read_dataset(data_cfg, data_dir)
+    if raw.test_cuts:
+        frame = cut_frame(raw, data_cfg, model.members[0].normalizer)
+    else:
+        frame = label_frame(raw, raw.test, data_cfg, raw.test_rul)
     out = model.outputs(frame)
     metrics = evaluate_predictions(out.rul, out.true_rul, out.health, out.true_health)
     result: dict[str, Any] = {
@@ -53,6 +69,22 @@ def score_model(
         result["single_model"] = summarise(members)
         result["members_test"] = members
     return result
+
+
+def cut_frame(raw: RawSubset, cfg: DataConfig, normalizer: Normalizer) -> pd.DataFrame:
+    """Test units that run to failure, as one pseudo-unit per seeded cut.
+
+    The cuts are those of :func:`~grace_rul.data.cmapss.test_windows`; pseudo-unit ``k``
+    holds the last ``window`` rows up to cut ``k``, so its last window is that cut's window.
+    """
+    labelled = label_frame(raw, raw.test, cfg)
+    cuts = test_windows(raw, normalizer, cfg)
+    units, cycles = labelled["unit"].to_numpy(), labelled["cycle"].to_numpy()
+    pieces = []
+    for k, (unit, cycle) in enumerate(zip(cuts.unit.tolist(), cuts.cycle.tolist())):
+        rows = labelled[(units == unit) & (cycles <= cycle)].tail(cfg.window)
+        pieces.append(rows.assign(unit=k))
+    return pd.concat(pieces, ignore_index=True)
 
 
 def summarise(members: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:

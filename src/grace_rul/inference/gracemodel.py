@@ -97,7 +97,8 @@ class GraceModel:
         self.members = members
         self.contract = contract
         self.calibration = calibration
-        self.centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, 3)
+        centroids = np.asarray(centroids, dtype=np.float64)
+        self.centroids = centroids.reshape(-1, 3) if centroids.size else np.zeros((0, 3))
         self.metrics = metrics
         self.provenance = dict(provenance or {})
         self.source = source

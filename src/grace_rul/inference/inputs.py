@@ -24,6 +24,7 @@ import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,11 +126,17 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def read_input(path: str | Path, sensors: tuple[str, ...] | list[str]) -> pd.DataFrame:
-    """Read and check an input file for a model reading ``sensors``; see :func:`clean_frame`."""
+def read_input(
+    path: str | Path, sensors: tuple[str, ...] | list[str], **columns: Any
+) -> pd.DataFrame:
+    """Read and check an input file for a model reading ``sensors``; see :func:`clean_frame`.
+
+    ``columns`` (``settings``, ``unit``, ``time``) name the input columns of models of
+    other fleets (their dataset YAML's names).
+    """
     table = read_table(path)
     return clean_frame(
-        table.frame, sensors, source=table.source, lines=table.lines, where=table.where
+        table.frame, sensors, source=table.source, lines=table.lines, where=table.where, **columns
     )
 
 
@@ -140,22 +147,30 @@ def clean_frame(
     source: str = "input frame",
     lines: np.ndarray | None = None,
     where: str = "index",
+    settings: tuple[str, ...] | list[str] = SETTINGS,
+    unit: str = "unit",
+    time: str = "cycle",
 ) -> pd.DataFrame:
     """Checked numeric columns unit, cycle, settings and ``sensors``, ordered by unit.
 
     ``lines`` gives each row's place in the file (``where`` says what it counts); by
-    default the frame's index labels. Every refusal is a one-line ``GraceError``.
+    default the frame's index labels. ``unit`` and ``time`` name the input's unit and
+    time columns (a dataset YAML's names); they are returned as ``unit`` and ``cycle``.
+    Every refusal is a one-line ``GraceError``.
     """
+    frame = _canonical(frame, unit, time)
+    required = ("unit", "cycle", *settings)
     if not isinstance(frame, pd.DataFrame):
         raise GraceError(f"{source}: expected a pandas DataFrame, got {type(frame).__name__}")
     names: dict[str, object] = {}
     for col in frame.columns:
         names.setdefault(str(col).strip(), col)
-    missing = [c for c in REQUIRED if c not in names]
+    missing = [c for c in required if c not in names]
     if missing:
+        named = {"unit": unit, "cycle": time}
         raise GraceError(
-            f"{source}: missing column(s) {', '.join(missing)} "
-            "(needed: unit, cycle, setting1, setting2, setting3 and the model's sensors)"
+            f"{source}: missing column(s) {', '.join(named.get(c, c) for c in missing)} "
+            f"(needed: {', '.join(named.get(c, c) for c in required)} and the model's sensors)"
         )
     lacking = [s for s in sensors if s not in names]
     if lacking:
@@ -176,13 +191,13 @@ def clean_frame(
         return f"{where} {places[i]}"
 
     values: dict[str, np.ndarray] = {}
-    for name in (*REQUIRED, *sensors):
+    for name in (*required, *sensors):
         column = frame[names[name]]
         if isinstance(column, pd.DataFrame):
             raise GraceError(f"{source}: column {name} appears more than once")
         position = frame.columns.get_loc(names[name])
         values[name] = _numeric(column, name, int(position) + 1, source, at)
-    for name in REQUIRED:
+    for name in required:
         bad = np.flatnonzero(~np.isfinite(values[name]))
         if len(bad):
             raise GraceError(f"{source}: {values[name][bad[0]]} in column {name} at {at(bad[0])}")
@@ -218,8 +233,15 @@ def clean_frame(
             f"follows cycle {cycle[a]} at {at(a)}"
         )
     out = {"unit": unit[order], "cycle": cycle[order]}
-    out.update({name: values[name][order] for name in (*SETTINGS, *sensors)})
+    out.update({name: values[name][order] for name in (*settings, *sensors)})
     return pd.DataFrame(out)
+
+
+def _canonical(frame: Any, unit: str, time: str) -> Any:
+    """``frame`` with its ``unit`` / ``time`` columns named ``unit`` / ``cycle``."""
+    if (unit, time) == ("unit", "cycle") or not isinstance(frame, pd.DataFrame):
+        return frame
+    return frame.rename(columns={unit: "unit", time: "cycle"})
 
 
 def _numeric(column: pd.Series, name: str, position: int, source: str, at) -> np.ndarray:

@@ -46,7 +46,8 @@ def predict(
     problem is a one-line ``GraceError``. ``backend="onnx"`` runs ``model.onnx``.
     """
     coverage = check_coverage(coverage)
-    return predict_clean(model, clean_frame(frame, model.contract.sensors), coverage, backend)
+    columns = model.contract.input_columns()
+    return predict_clean(model, clean_frame(frame, **columns), coverage, backend)
 
 
 def predict_file(
@@ -54,7 +55,8 @@ def predict_file(
 ) -> pd.DataFrame:
     """:func:`predict` for a file: C-MAPSS text, CSV/TSV or Parquet (gzip allowed)."""
     coverage = check_coverage(coverage)
-    return predict_clean(model, read_input(path, model.contract.sensors), coverage, backend)
+    columns = model.contract.input_columns()
+    return predict_clean(model, read_input(path, **columns), coverage, backend)
 
 
 def predict_clean(

@@ -19,7 +19,7 @@ import numpy as np
 
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.config import Config
-from grace_rul.data.cmapss import Normalizer, Split, load_cmapss, read_cmapss
+from grace_rul.data import Normalizer, Split, dataset_kind, load_dataset, read_dataset
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import load_inference_model
 from grace_rul.inference.conformal import (
@@ -105,8 +105,18 @@ def load_run(path: str | Path, require_finished: bool = False) -> LoadedRun:
         "test": metrics.get("test"),
     }
     member = Member(net=net, normalizer=normalizer, config=cfg.to_dict(), info=info)
-    contract = DataContract.from_run(cfg.data, sensors, normalizer.mode)
+    contract = DataContract.from_run(cfg.data, sensors, normalizer.mode, _columns(cfg, normalizer))
     return LoadedRun(member, cfg, contract, checkpoint, str(path))
+
+
+def _columns(cfg: Config, normalizer: Normalizer) -> tuple[str, str, tuple[str, ...]]:
+    """The input's unit, time and setting column names: a dataset YAML's own names."""
+    if dataset_kind(cfg.data.dataset) != "tables":
+        return "unit", "cycle", normalizer.settings
+    from grace_rul.data.tables import read_spec
+
+    spec = read_spec(cfg.data.dataset)
+    return spec.unit, spec.time, tuple(spec.settings)
 
 
 def model_from_runs(
@@ -159,7 +169,7 @@ def calibrate(
     held: list[tuple[Split, set[int]]] = []  # per member: validation windows, their units
     train_units: set[int] = set()
     for cfg in cfgs:  # one subset at a time: only the validation windows are kept
-        data = load_cmapss(cfg.data, cfg.seed, data_dir)
+        data = load_dataset(cfg.data, cfg.seed, data_dir)
         cal = calibration_windows(data, cfg.seed)
         for key in zip(cal.unit.tolist(), cal.cycle.tolist(), cal.rul.tolist()):
             truth.setdefault(key[:2], key[2])
@@ -189,7 +199,9 @@ def calibrate(
         else "the member's prediction",
     )
     first = cfgs[0].data
-    raw = read_cmapss(first.dataset, data_dir)
+    raw = read_dataset(first, data_dir)
+    if raw.regimes != "round":  # other fleets: no unseen-regime flag (inference/contract.py)
+        return calibration, np.zeros((0, 3))
     train = raw.train[raw.train["unit"].isin(sorted(train_units))]
     return calibration, Normalizer.fit(train, "regime").centroids
 

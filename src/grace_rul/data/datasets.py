@@ -1,0 +1,66 @@
+"""One entry point for every dataset: a C-MAPSS name, a dataset YAML or an N-CMAPSS file.
+
+``data.dataset`` is ``FD001``..``FD004`` (:mod:`grace_rul.data.cmapss`), a path to a
+dataset YAML (``.yaml``/``.yml``, :mod:`grace_rul.data.tables`) or a path to an N-CMAPSS
+HDF5 file (``.h5``/``.hdf5``, :mod:`grace_rul.data.ncmapss`). :func:`read_dataset`
+reads any of them into a :class:`~grace_rul.data.cmapss.RawSubset`;
+:func:`load_dataset` builds its windows with the one contract of
+:func:`~grace_rul.data.cmapss.build_data`. The trainer, evaluation and inference call
+these two and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grace_rul.data.cmapss import (
+    DATASETS,
+    CMAPSSData,
+    DataConfig,
+    RawSubset,
+    build_data,
+    dataset_name,
+    read_cmapss,
+)
+
+HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
+
+
+def dataset_kind(name: str) -> str:
+    """``cmapss``, ``tables`` or ``ncmapss`` for a ``data.dataset`` value."""
+    if dataset_name(name) in DATASETS:
+        return "cmapss"
+    return "ncmapss" if Path(str(name)).suffix.lower() in HDF5_SUFFIXES else "tables"
+
+
+def read_dataset(cfg: DataConfig, data_dir: str | Path | None = None) -> RawSubset:
+    """Read ``cfg.dataset`` (after :meth:`DataConfig.validate`) into a :class:`RawSubset`.
+
+    ``data_dir`` is where the C-MAPSS files are (``None``: the bundled copy); dataset
+    files name their own tables.
+    """
+    cfg.validate()
+    kind = dataset_kind(cfg.dataset)
+    if kind == "cmapss":
+        return read_cmapss(cfg.dataset, data_dir)
+    if kind == "ncmapss":
+        from grace_rul.data.ncmapss import read_ncmapss
+
+        return read_ncmapss(cfg)
+    from grace_rul.data.tables import read_tables
+
+    return read_tables(cfg)
+
+
+def load_dataset(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) -> CMAPSSData:
+    """Windows, labels, split and scaling of any dataset (docs/design.md §1)."""
+    return build_data(read_dataset(cfg, data_dir), cfg, seed)
+
+
+def dataset_defaults(name: str) -> dict[str, int]:
+    """Settings a dataset file sets for ``data.*`` (``window``, ``max_rul``); {} for others."""
+    if dataset_kind(name) != "tables" or not Path(str(name)).expanduser().is_file():
+        return {}
+    from grace_rul.data.tables import dataset_defaults as table_defaults
+
+    return table_defaults(name)
