@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from scipy import stats
@@ -241,3 +242,35 @@ def test_baseline_by_axis_value_pairs_each_balancer_with_its_own_row(tmp_path):
     assert rmse["method"] == "gaba clip=1" and rmse["baseline"] == "gaba clip=0"
     assert rmse["mean_diff"] == pytest.approx(-1.0) and rmse["note"] == ""
     assert compare(df, "gaba clip=0")["baseline"].eq("gaba clip=0").all()
+
+
+# ---- critical-difference diagram (Demšar 2006)
+
+
+def test_nemenyi_cd_matches_demsar_table_and_ranks_average_ties():
+    from grace_rul.reports.figures import average_ranks, nemenyi_cd
+
+    # Demšar (2006) Table 5a: q_0.05 = 2.569 for k = 4, 3.164 for k = 10
+    assert nemenyi_cd(4, 2) == pytest.approx(2.569 * math.sqrt(4 * 5 / 12), abs=1e-3)
+    assert nemenyi_cd(10, 5) == pytest.approx(3.164 * math.sqrt(10 * 11 / 30), abs=1e-3)
+    means = pd.DataFrame(
+        {"FD001": [1.0, 2.0, 2.0, 4.0], "FD002": [2.0, 1.0, 3.0, 4.0]}, index=list("abcd")
+    )
+    ranks = average_ranks(means)
+    assert ranks.to_dict() == {"a": 1.5, "b": 1.75, "c": 2.75, "d": 4.0}
+
+
+def test_cd_diagram_renders_for_four_methods_over_two_subsets(tmp_path):
+    from grace_rul.reports.figures import Skip, cd_diagram
+
+    sweep = tmp_path / "s"
+    _fake_balancer_sweep(sweep)
+    df = collect_results(sweep, write=False)
+    extra = df[df["balancer"] == "equal"].assign(balancer="fourth", rmse_last=df["rmse_last"] + 2)
+    stats4 = summarise(pd.concat([df, extra], ignore_index=True)).stats
+    rendered = cd_diagram(stats4)
+    png = rendered.png_bytes(dpi=50)
+    assert png.startswith(b"\x89PNG") and rendered.name == "cd_diagram"
+    assert "4 methods · 2 subsets" in rendered.subtitle
+    with pytest.raises(Skip, match="needs >= 4 methods"):
+        cd_diagram(summarise(df).stats)  # three methods
