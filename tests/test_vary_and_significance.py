@@ -274,3 +274,61 @@ def test_cd_diagram_renders_for_four_methods_over_two_subsets(tmp_path):
     assert "4 methods · 2 subsets" in rendered.subtitle
     with pytest.raises(Skip, match="needs >= 4 methods"):
         cd_diagram(summarise(df).stats)  # three methods
+
+
+# ---- benchmarks/review.py: the claims grid's tables, from a tiny fake sweep
+
+
+def _write_sweep(sweep: Path, balancers, seeds, vary, values) -> None:
+    (sweep / "runs").mkdir(parents=True)
+    grid = {"datasets": sorted({k[0] for k in values}), "balancers": balancers, "seeds": seeds,
+            "preset": "tiny", "overrides": {"train": {"epochs": 1}}, "protocol": "val",
+            "vary": vary}  # fmt: skip
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(grid))
+    for (d, name), rmse in values.items():
+        p = sweep / "runs" / f"{d}-{name}"
+        p.mkdir()
+        test = {"rmse_last": rmse, "nasa_score": 10 * rmse, "mae": 1.0, "health_accuracy": 0.5}
+        (p / "metrics.json").write_text(json.dumps({"protocol": "val", "test": test}))
+
+
+def test_review_script_writes_csvs_and_readme_tables(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "review", Path(__file__).parent.parent / "benchmarks" / "review.py"
+    )
+    review = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(review)
+    out, seeds = tmp_path / "runs", [1, 2]
+    vals = {(d, f"{b}-s{s}"): 20.0 + s + (b == "gaba") for d in ("FD001", "FD002")
+            for b in ("equal", "gaba") for s in seeds}  # fmt: skip
+    _write_sweep(out / "balancers", ["equal", "gaba"], seeds, {}, vals)
+    single = {(d, f"fixed-s{s}"): 19.0 + s for d in ("FD001", "FD002") for s in seeds}
+    _write_sweep(out / "single-task", ["fixed"], seeds, {}, single)
+    stab = {("FD002", f"gaba-s{s}-clip={c}-ema_decay={e}"): 21.0 + s - 0.5 * (c != 0)
+            for s in seeds for c in (0, 1) for e in (0, 0.999)}  # fmt: skip
+    _write_sweep(out / "stabilisers", ["gaba"], seeds,
+                 {"train.clip": [0.0, 1.0], "train.ema_decay": [0.0, 0.999]}, stab)  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- review-balancers:start -->\nSTALE\n<!-- review-balancers:end -->\n"
+        "mid\n<!-- review-stabilisers:start -->\n<!-- review-stabilisers:end -->\nend\n"
+    )
+    review.tables(out, "tiny", 1, results=tmp_path / "results", readme=readme)
+    rows = list(pd.read_csv(tmp_path / "results" / "balancers.csv").itertuples())
+    gaba = [r for r in rows if r.method == "gaba" and r.subset == "FD001"][0]
+    assert gaba.n == 2 and gaba.d_rmse == pytest.approx(1.0) and gaba.baseline == "equal"
+    assert {r.method for r in rows} == {"equal", "gaba", review.SINGLE_TASK}
+    stab_rows = pd.read_csv(tmp_path / "results" / "stabilisers.csv")
+    on = stab_rows[stab_rows["method"] == "clip=1 ema_decay=0.999"].iloc[0]
+    assert on["baseline"] == "clip=0 ema_decay=0" and on["d_rmse"] == pytest.approx(-0.5)
+    text = readme.read_text()
+    assert "STALE" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "| gaba | 22.50 ± 0.71 (n=2) | +1.00 [+1.00, +1.00] | 0.5 |" in text
+    assert "| clip=0 ema_decay=0 | 22.50 ± 0.71 (n=2) | baseline |  |" in text
+    assert "Wilcoxon p" in text and "smallest two-sided Wilcoxon p" in text
+    # the budget arithmetic: the estimate at the chosen epochs fits the budget
+    epochs = review.epochs_for("small", 8.0)
+    assert review.cpu_seconds("small", epochs) <= 8 * 3600 < review.cpu_seconds("small", epochs + 1)
+    assert sum(n for _, _, n in review.plan("small")) == 150
