@@ -127,7 +127,12 @@ class Grid:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The ``sweep.yaml`` content; ``vary`` only when there are extra axes (so grids
+        without them read and write exactly as before)."""
+        d = asdict(self)
+        if not d["vary"]:
+            del d["vary"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Grid:
