@@ -9,7 +9,9 @@ reported as ratios to ``equal`` measured in the same run. Random inputs are fine
 here: this measures compute, not learning.
 
 Rows:
-  equal, gaba, pcgrad, cagrad   the engine with grad_source="params"
+  equal, gaba, pcgrad, cagrad,  the engine with grad_source="params"
+  dbmtl, famo, nashmtl,         (famo: + one no-grad forward after the step, as the trainer)
+  alignedmtl
   gaba@rep                      GABA with grad_source="representation" (one backbone backward)
   naive-gaba                    reference kept only here: per-task autograd.grad for the
                                 norms, then another full backward() of the weighted sum
@@ -77,7 +79,11 @@ def make_step(
             assert out.finite
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        balancer.after_step()
+        after = None
+        if balancer.needs_post_step_losses:  # FAMO: the trainer's extra no-grad forward
+            with torch.no_grad():
+                after = task_losses(*model(x)[:2], rul, health, MAX_RUL)
+        balancer.after_step(losses_after=after)
 
     return step
 
@@ -114,7 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", default="paper", help="model preset (paper|small|tiny)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--methods", default="equal,gaba,pcgrad,cagrad,gaba@rep,naive-gaba")
+    ap.add_argument(
+        "--methods",
+        default="equal,gaba,pcgrad,cagrad,dbmtl,famo,nashmtl,alignedmtl,gaba@rep,naive-gaba",
+    )
     ap.add_argument("--breakdown", action="store_true", help="also time forward/backward pieces")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

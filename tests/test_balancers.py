@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from grace_rul.balancers import BALANCERS, TaskGrads, balance_backward, build_balancer
+from grace_rul.balancers.alignedmtl import balance_transform
 from grace_rul.balancers.cagrad import cagrad_objective, cagrad_weights
 from grace_rul.balancers.gaba import GABA
 from grace_rul.balancers.imtl import imtl_weights
 from grace_rul.balancers.mgda import min_norm_weights
+from grace_rul.balancers.nashmtl import nash_alpha
 from grace_rul.balancers.pcgrad import pcgrad_coefficients
 from grace_rul.config import resolve_config
 from grace_rul.errors import GraceError
@@ -313,6 +315,152 @@ def test_imtl_equal_projections(k):
     assert torch.allclose(comb.weights.double(), w, atol=1e-5)
 
 
+# ---------------------------------------------------------------- GABA's nearest relatives
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_dbmtl_log_gradients_ema_and_max_norm_rescaling(k):
+    """DB-MTL against Lin et al.'s rule, written out with vectors over three steps."""
+    gen = torch.Generator().manual_seed(10 + k)
+    db = build_balancer("dbmtl", num_tasks=k)  # beta 0.9, beta_t = 0.9 / t^0.5
+    ema = torch.zeros(k, 5, dtype=torch.float64)
+    for t in range(1, 4):
+        g = torch.randn(k, 5, generator=gen, dtype=torch.float64) * torch.rand(k, 1, generator=gen)
+        losses = torch.rand(k, generator=gen, dtype=torch.float64) * 50 + 0.1
+        comb = db.combine(losses, TaskGrads(matrix=g, last_layer=slice(0, 5)))
+        beta_t = 0.9 / t**0.5
+        ema = beta_t * ema + (1 - beta_t) * g / (losses[:, None] + 1e-8)
+        n = ema.norm(dim=1)
+        expected = sum(n.max() / n[i] * ema[i] for i in range(k)) / k
+        assert torch.allclose(comb.shared_grad, expected, rtol=1e-10)
+        # every rescaled EMA gradient has the largest norm
+        assert torch.allclose((n.max() / n)[:, None].mul(ema).norm(dim=1), n.max().expand(k))
+        assert torch.allclose(comb.head_weights, 1 / (k * (losses + 1e-8)))
+        assert comb.weights.sum().item() == pytest.approx(1.0)
+    # a constant beta (LibMTL's beta_sigma = 0) and a resume that keeps the EMA vectors
+    const = build_balancer("dbmtl", {"beta_sigma": 0}, num_tasks=k)
+    g = torch.ones(k, 5, dtype=torch.float64)
+    const.combine(torch.ones(k, dtype=torch.float64), TaskGrads(g, slice(0, 5)))
+    assert torch.allclose(const.ema_grads, 0.1 * g / (1 + 1e-8))
+    fresh = build_balancer("dbmtl", num_tasks=k)
+    fresh.load_state_dict(db.state_dict())
+    assert torch.equal(fresh.ema_grads, db.ema_grads) and int(fresh.step) == 3
+    empty = build_balancer("dbmtl", num_tasks=k).state_dict()
+    db.load_state_dict(empty)  # a skipped first step restores the empty buffer
+    assert db.ema_grads.numel() == 0
+
+
+def test_famo_weights_and_logit_update_follow_algorithm_1():
+    famo = build_balancer("famo", num_tasks=3)
+    logits = torch.tensor([0.3, -0.2, 0.1])
+    with torch.no_grad():
+        famo.logits.copy_(logits)
+    before = torch.tensor([4.0, 0.5, 2.0])
+    comb = famo.combine(before, None)
+    z = torch.softmax(logits, 0)
+    # the gradient of sum z_i log L_i / c with c = sum z_i / L_i, on the raw losses
+    w = (z / (before + 1e-8)) / (z / (before + 1e-8)).sum()
+    assert torch.allclose(comb.weights, w) and comb.weights.sum().item() == pytest.approx(1.0)
+    lp = before.clone().requires_grad_(True)
+    c = (z / lp).sum().detach()
+    (torch.log(lp) * z / c).sum().backward()
+    assert torch.allclose(lp.grad, w, atol=1e-6)
+    after = torch.tensor([3.0, 0.45, 2.2])
+    famo.after_step(losses_after=after)
+    # reference: autograd of softmax(xi) . delta, plus gamma xi, through torch's Adam
+    xi = logits.clone().requires_grad_(True)
+    opt = torch.optim.Adam([xi], lr=0.025, weight_decay=1e-5)
+    delta = torch.log(before + 1e-8) - torch.log(after + 1e-8)
+    xi.grad = torch.autograd.grad(torch.softmax(xi, 0) @ delta, xi)[0]
+    opt.step()
+    assert torch.allclose(famo.logits, xi.detach(), atol=1e-7)
+    # a second step, and the state survives a round trip
+    famo.combine(after, None)
+    famo.after_step(losses_after=after * 0.9)
+    xi.grad = torch.autograd.grad(
+        torch.softmax(xi, 0) @ (-torch.log(torch.tensor(0.9)).expand(3)), xi
+    )[0]
+    opt.step()
+    assert torch.allclose(famo.logits, xi.detach(), atol=1e-7)
+    fresh = build_balancer("famo", num_tasks=3)
+    fresh.load_state_dict(famo.state_dict())
+    assert torch.equal(fresh.combine(after, None).weights, famo.combine(after, None).weights)
+    famo.after_step(losses_after=torch.tensor([float("nan"), 1.0, 1.0]))  # ignored
+    assert torch.allclose(famo.logits, fresh.logits)
+    with pytest.raises(RuntimeError, match="losses_after"):
+        famo.after_step()
+
+
+def test_famo_favours_the_task_that_improves_less():
+    famo = build_balancer("famo")
+    for _ in range(20):
+        famo.combine(torch.tensor([1.0, 1.0]), None)
+        famo.after_step(losses_after=torch.tensor([0.9, 1.0]))  # task 1 improves, task 2 not
+    z = torch.softmax(famo.logits, 0)
+    assert z[1] > z[0]
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_nashmtl_solves_the_bargaining_equation(k):
+    gen = torch.Generator().manual_seed(20 + k)
+    for _ in range(5):
+        g = torch.randn(k, 6, generator=gen, dtype=torch.float64) * torch.rand(k, 1, generator=gen)
+        gram = g @ g.T
+        alpha = nash_alpha(gram)
+        m = gram / torch.linalg.matrix_norm(gram)
+        assert bool((alpha > 0).all())
+        assert torch.allclose(m @ alpha, 1 / alpha, rtol=1e-8)
+        if k == 2:  # closed form: alpha_i = 1 / (n_i sqrt(1 + cos)) of the normalised Gram
+            n = m.diagonal().sqrt()
+            cos = m[0, 1] / (n[0] * n[1])
+            assert torch.allclose(alpha, 1 / (n * (1 + cos).sqrt()))
+        comb = build_balancer("nashmtl", num_tasks=k).combine(
+            torch.ones(k), TaskGrads(matrix=g, last_layer=slice(0, 6))
+        )
+        assert torch.allclose(comb.weights, (alpha / alpha.sum()).to(comb.weights))
+    # exactly opposite gradients: no positive solution, the previous weights are kept
+    assert nash_alpha(torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)) is None
+    nash = build_balancer("nashmtl")
+    assert torch.equal(nash.combine(LOSSES, tg([[1.0, 0.0], [-1.0, 0.0]])).weights,
+                       torch.tensor([0.5, 0.5]))  # fmt: skip
+
+
+def test_nashmtl_update_weights_every_reuses_weights_without_task_grads():
+    nash = build_balancer("nashmtl", {"update_weights_every": 3})
+    assert nash.needs_task_grads
+    first = nash.combine(LOSSES, tg([[3.0, 0.0], [0.0, 1.0]])).weights
+    assert torch.allclose(first, torch.tensor([0.25, 0.75]))
+    for _ in range(2):
+        assert not nash.needs_task_grads
+        assert torch.equal(nash.combine(LOSSES, None).weights, first)
+    assert nash.needs_task_grads
+    assert torch.allclose(nash.combine(LOSSES, tg([[1.0, 0.0], [0.0, 1.0]])).weights,
+                          torch.tensor([0.5, 0.5]))  # fmt: skip
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_alignedmtl_aligned_gradients_are_orthogonal_with_the_smallest_singular_value(k):
+    gen = torch.Generator().manual_seed(30 + k)
+    g = torch.randn(k, 7, generator=gen, dtype=torch.float64) * torch.rand(k, 1, generator=gen) * 3
+    b = balance_transform(g @ g.T)
+    aligned = b @ g
+    sigma_min = torch.linalg.svdvals(g).min()
+    # condition number 1: every principal component has the smallest singular value
+    assert torch.allclose(aligned @ aligned.T, sigma_min**2 * torch.eye(k, dtype=g.dtype))
+    assert torch.allclose(torch.linalg.svdvals(aligned), sigma_min.expand(k))
+    # the aligned system keeps G's principal directions (B = sigma_min V L^-1/2 V^T)
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    assert torch.allclose(b, sigma_min * u @ torch.diag(1 / s) @ u.T)
+    comb = build_balancer("alignedmtl", num_tasks=k).combine(
+        torch.ones(k), TaskGrads(matrix=g, last_layer=slice(0, 7))
+    )
+    assert torch.allclose(comb.shared_grad, aligned.mean(0))
+    # rank 1 (parallel gradients): the aligned system collapses onto the one direction
+    par = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
+    out = balance_transform(par @ par.T) @ par
+    assert torch.allclose(torch.linalg.svdvals(out)[0], torch.linalg.svdvals(par)[0])
+
+
 # ---------------------------------------------------------------- options and registry
 
 
@@ -330,6 +478,10 @@ def test_imtl_equal_projections(k):
         ("cagrad", {"c": -0.1}, "c must be"),
         ("gradnorm", {"alpha": -1}, "alpha"),
         ("pcgrad", {"bogus": 1}, "bad options"),
+        ("dbmtl", {"beta": 1.0}, "beta"),
+        ("famo", {"lr": 0}, "lr"),
+        ("nashmtl", {"update_weights_every": 0}, "update_weights_every"),
+        ("nashmtl", {"update_weights_every": 2.5}, "update_weights_every"),
     ],
 )
 def test_bad_options_raise_grace_error(name, options, words):
@@ -340,7 +492,8 @@ def test_bad_options_raise_grace_error(name, options, words):
 def test_unknown_balancer_lists_valid_names():
     with pytest.raises(GraceError) as err:
         build_balancer("nope")
-    for name in ("gaba", "grace", "pcgrad", "cagrad", "mgda", "imtl", "dwa", "gradnorm"):
+    for name in ("gaba", "grace", "pcgrad", "cagrad", "mgda", "imtl", "dwa", "gradnorm", "dbmtl",
+                 "famo", "nashmtl", "alignedmtl"):  # fmt: skip
         assert name in str(err.value)
 
 
@@ -551,7 +704,11 @@ def test_every_balancer_trains_dual_task_net(name, grad_source):
         assert grads and all(torch.isfinite(g).all() for g in grads)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        balancer.after_step()
+        after = None
+        if balancer.needs_post_step_losses:
+            with torch.no_grad():
+                after = task_losses(*model(x)[:2], rul, health, 125.0)
+        balancer.after_step(losses_after=after)
         balancer.end_epoch(step, losses.detach())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -170,6 +170,17 @@ def test_state_dict_resume_keeps_streak_and_hinted_flag():
 
 def test_bad_settings_are_grace_errors():
     with pytest.raises(GraceError):
-        GradClipper(max_norm=0.0)
+        GradClipper(max_norm=-1.0)
     with pytest.raises(GraceError):
         GradClipper(mode="elementwise")
+
+
+@pytest.mark.parametrize("mode", ["norm", "value"])
+def test_threshold_zero_turns_clipping_off_but_keeps_measuring(mode):
+    clipper = GradClipper(max_norm=0.0, mode=mode, patience=1)
+    params = _params_with_grads([300.0, 400.0])
+    assert clipper.clip(params) == pytest.approx(500.0)
+    assert torch.equal(_flat(params), torch.tensor([300.0, 400.0]))  # untouched
+    summary = clipper.epoch_summary()
+    assert summary["fraction"] == 0.0 and summary["mean"] == pytest.approx(500.0)
+    assert summary["hint"] is None  # no band hint without a threshold

@@ -240,3 +240,15 @@ def test_shadow_follows_the_model_device():
     assert ema.shadow[0].device.type == "cuda"
     with ema.swapped(model):
         assert model.weight.device.type == "cuda"
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_decay_zero_means_no_averaging(warmup):
+    """``train.ema_decay=0`` (the sweep's "EMA off"): the EMA weights are the live weights."""
+    model = _linear([1.0, 2.0], 0.5)
+    ema = ModelEma(model, decay=0.0, warmup=warmup)
+    _set(model, [3.0, -4.0], 0.25)
+    ema.update(model)
+    with ema.swapped(model):
+        assert torch.equal(model.weight.detach(), torch.tensor([[3.0, -4.0]]))
+        assert torch.equal(model.bias.detach(), torch.tensor([0.25]))

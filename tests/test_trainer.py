@@ -369,3 +369,6 @@ def test_every_balancer_trains_on_real_fd001(tmp_path, name):
         assert not torch.allclose(
             last["balancer"][learnable[name]], torch.ones(2) * (name == "gradnorm")
         )
+    if name == "famo":  # the post-step forward reached after_step: the logits moved
+        assert int(last["balancer"]["adam_step"]) > 0
+        assert not torch.equal(last["balancer"]["logits"], torch.zeros(2))

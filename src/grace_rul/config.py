@@ -383,7 +383,7 @@ def validate(cfg: Config) -> None:
         "patience values must be >= 0 / >= 1",
     )
     need(0 <= t.min_lr <= t.lr, "train.min_lr must be in [0, lr]")
-    need(t.clip > 0, f"train.clip must be > 0 (got {t.clip})")
+    need(t.clip >= 0, f"train.clip must be >= 0, 0 = no clipping (got {t.clip})")
     need(
         t.clip_mode in CLIP_MODES,
         f"train.clip_mode must be one of {', '.join(CLIP_MODES)} (got {t.clip_mode})",

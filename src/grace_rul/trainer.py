@@ -3,7 +3,8 @@
 Per batch:  forward -> task losses -> non-finite loss check -> balancer (per-task
             gradients at most once, written into .grad) -> unscale (fp16) ->
             non-finite gradient check -> joint-norm clip of the model's parameters
-            (pre-clip norm recorded) -> AdamW step -> balancer.after_step -> weight EMA.
+            (pre-clip norm recorded) -> AdamW step -> balancer.after_step (FAMO: with the
+            same batch's losses after the step, one no-grad forward) -> weight EMA.
 Per epoch:  weight decay from the schedule -> batches -> evaluate with EMA weights
             swapped in (and back) -> LR warmup position -> ReduceLROnPlateau (once
             warmup is over) -> best checkpoint -> early stopping -> history and
@@ -163,7 +164,14 @@ def train(
             state.grad_norms.append(clipper.clip(model.parameters()))
             precision.step(optimizer)
             precision.update()
-            balancer.after_step()
+            losses_after = None
+            if balancer.needs_post_step_losses:  # FAMO: the same batch's losses after the step
+                with torch.no_grad(), precision.autocast():
+                    post = model(x_train[idx])
+                losses_after = loss_fn(
+                    post[0], post[1], rul_train[idx], health_train[idx], cfg.data.max_rul
+                )
+            balancer.after_step(losses_after=losses_after)
             ema.update(model)
             guard.record_good()
             state.step += 1

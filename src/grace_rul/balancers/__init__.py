@@ -4,15 +4,19 @@ Import order registers the methods; ``BALANCERS`` maps names to classes.
 """
 
 from grace_rul.balancers import (  # noqa: F401  (registration)
+    alignedmtl,
     cagrad,
+    dbmtl,
     dwa,
     equal,
+    famo,
     fixed,
     gaba,
     grace,
     gradnorm,
     imtl,
     mgda,
+    nashmtl,
     pcgrad,
     uncertainty,
 )

@@ -62,6 +62,9 @@ class Balancer(nn.Module):
 
     Class attributes:
       * ``needs_task_grads``: the method needs per-task gradients every step.
+      * ``needs_post_step_losses``: after the optimiser step the trainer forwards the same
+        batch again without gradients and passes its task losses (the trainer's loss
+        function) to :meth:`after_step` as ``losses_after`` (FAMO).
 
     State that must survive a resume lives in buffers or parameters, so it travels
     in ``state_dict``. Learnable parameters are added to the optimiser by the trainer.
@@ -69,6 +72,7 @@ class Balancer(nn.Module):
 
     name: ClassVar[str] = ""
     needs_task_grads: ClassVar[bool] = False
+    needs_post_step_losses: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int = 2) -> None:
         super().__init__()
@@ -91,12 +95,14 @@ class Balancer(nn.Module):
     def end_epoch(self, epoch: int, epoch_losses: Tensor) -> None:
         """Called once per epoch with the mean task losses of that epoch (DWA)."""
 
-    def after_step(self) -> None:
+    def after_step(self, losses_after: Tensor | None = None) -> None:
         """Called by the trainer right after ``optimizer.step()`` on every applied step.
 
         For balancers that must project their learnable parameters back onto a
         constraint set after the optimiser moved them (GradNorm renormalises its
-        weights to sum K). The default does nothing.
+        weights to sum K), or that learn from the step's effect: ``losses_after`` are the
+        detached task losses of the same batch after the step, given only when
+        ``needs_post_step_losses`` (FAMO). The default does nothing.
         """
 
     def uniform(self, like: Tensor) -> Tensor:

@@ -68,7 +68,7 @@ class GradNorm(Balancer):
         return (self.task_weights * norms - target).abs().sum()
 
     @torch.no_grad()
-    def after_step(self) -> None:
+    def after_step(self, losses_after: Tensor | None = None) -> None:
         w = self.task_weights
         w.clamp_(min=1e-6)
         w.mul_(self.num_tasks / w.sum())

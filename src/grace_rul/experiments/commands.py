@@ -18,7 +18,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
     p = subparsers.add_parser(
         "sweep",
-        help="train a grid of datasets x balancers x seeds and tabulate it",
+        help="train a grid of datasets x balancers x seeds (x --vary axes) and tabulate it",
         description="Train every cell of datasets x balancers x seeds into OUT/runs/ (one run "
         "directory per cell), then write OUT/results.csv, summary.md and summary.csv. Re-running "
         "the same command skips finished cells, resumes interrupted ones and re-runs corrupt ones; "
@@ -48,6 +48,15 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help=f"seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})",
     )
     add_setting_arguments(p, SWEEP_ALIASES)
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="an extra grid axis over any config key, repeatable; values parsed like --set "
+        "(--vary train.ema_decay=0,0.999 --vary train.clip=0,1; 0 turns clip / EMA off); "
+        "cells are named by their values (FD002-gaba-s42-ema_decay=0-clip=0)",
+    )
     p.add_argument(
         "--executor",
         choices=EXECUTORS,
@@ -79,8 +88,9 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep; exit 0 when every cell finished, 1 when some failed."""
     from grace_rul.config import execution_from_args, load_yaml, merge_overrides, settings_from_args
-    from grace_rul.experiments.sweep import run_sweep
+    from grace_rul.experiments.sweep import parse_vary, run_sweep
 
+    vary = parse_vary(args.vary)
     overrides = merge_overrides(
         load_yaml(args.config) if args.config else {}, settings_from_args(args)
     )
@@ -100,6 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         cpus_per_task=args.cpus_per_task,
         gpus_per_task=args.gpus_per_task,
+        vary=vary,
     )
     assert result.summary is not None
     print(result.summary.to_markdown())
@@ -134,12 +145,29 @@ def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         dest="fmt",
         help="output format (default markdown)",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="also compare every row with NAME (a balancer, a row such as 'gaba clip=0', or "
+        "an axis value such as 'clip=0'): mean paired difference over seeds with a 95 %% CI "
+        "and the Wilcoxon signed-rank p (markdown or csv)",
+    )
     p.set_defaults(func=cmd_table)
     return p
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from grace_rul.experiments.tables import format_table
+    from grace_rul.experiments.tables import collect_results, format_table
 
-    sys.stdout.write(format_table(args.sweep_dir, args.fmt))
+    if args.baseline is None:
+        sys.stdout.write(format_table(args.sweep_dir, args.fmt))
+        return 0
+    from grace_rul.experiments.significance import format_comparison
+
+    comparison = format_comparison(
+        collect_results(args.sweep_dir, write=False), args.baseline, args.fmt
+    )  # checked first: a bad --baseline prints one line and nothing else
+    if args.fmt == "markdown":
+        sys.stdout.write(format_table(args.sweep_dir, args.fmt) + "\n")
+    sys.stdout.write(comparison)
     return 0

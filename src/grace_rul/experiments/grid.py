@@ -2,8 +2,8 @@
 
 A sweep directory holds::
 
-    sweep.yaml       the grid: datasets, balancers, seeds, preset, overrides, protocol
-    runs/{dataset}-{balancer}-s{seed}/   one ordinary run dir per cell (see the trainer)
+    sweep.yaml       the grid: datasets, balancers, seeds, vary, preset, overrides, protocol
+    runs/{dataset}-{balancer}-s{seed}[-{key}={value}...]/   one ordinary run dir per cell
     failures.json    cells that failed twice, with their error
     sweep.log        what each invocation did (skipped, resumed, wiped, failed)
     results.csv, summary.md, summary.csv   the tables (grace_rul.experiments.tables)
@@ -14,8 +14,10 @@ A cell's run directory is read only through :class:`grace_rul.rundir.RunDir`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,16 +41,64 @@ AXES = ("datasets", "balancers", "seeds")
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the grid: a dataset, a balancer and a seed."""
+    """One point of the grid: a dataset, a balancer, a seed and one value per ``--vary`` axis.
+
+    ``settings`` holds ``(dotted config key, value)`` pairs in the grid's axis order; they
+    name the cell after its seed (``FD002-gaba-s42-clip=0-ema_decay=0``).
+    """
 
     dataset: str
     balancer: str
     seed: int
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def variant(self) -> str:
+        """The ``--vary`` values as ``key=value`` words (short keys), ``""`` without axes."""
+        return variant_label(self.settings)
 
     @property
     def name(self) -> str:
         # A dataset file names its cells by its file name (no directories in a cell name).
-        return f"{Path(self.dataset).stem}-{self.balancer}-s{self.seed}"
+        base = f"{Path(self.dataset).stem}-{self.balancer}-s{self.seed}"
+        return f"{base}-{self.variant.replace(' ', '-')}" if self.settings else base
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+def format_value(value: Any) -> str:
+    """A ``--vary`` value as filesystem-safe text: ``0``, ``0.999``, ``true``, ``1_0``."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (list, tuple)):
+        text = "_".join(format_value(v) for v in value)
+    elif isinstance(value, float):
+        text = str(int(value)) if value.is_integer() else repr(value)
+    else:
+        text = str(value)
+    return _SAFE.sub("_", text).strip("_") or "_"
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Dotted key -> the shortest unique trailing part (``train.clip`` -> ``clip``)."""
+    out: dict[str, str] = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if sum(1 for k in keys if k == tail or k.endswith("." + tail)) == 1:
+                out[key] = tail
+                break
+        else:
+            out[key] = key
+    return out
+
+
+def variant_label(settings: tuple[tuple[str, Any], ...] | list[tuple[str, Any]]) -> str:
+    """``clip=0 ema_decay=0`` for ``(("train.clip", 0.0), ("train.ema_decay", 0.0))``."""
+    short = short_keys([k for k, _ in settings])
+    return " ".join(f"{short[k]}={format_value(v)}" for k, v in settings)
 
 
 @dataclass
@@ -61,12 +111,29 @@ class Grid:
     preset: str
     overrides: dict[str, Any] = field(default_factory=dict)
     protocol: str = "val"
+    vary: dict[str, list[Any]] = field(default_factory=dict)  # extra axes: key -> values
+
+    def combinations(self) -> list[tuple[tuple[str, Any], ...]]:
+        """Every combination of the ``vary`` axes (one empty combination without axes)."""
+        keys = list(self.vary)
+        return [tuple(zip(keys, values)) for values in itertools.product(*self.vary.values())]
 
     def cells(self) -> list[Cell]:
-        return [Cell(d, b, s) for d in self.datasets for b in self.balancers for s in self.seeds]
+        return [
+            Cell(d, b, s, combo)
+            for d in self.datasets
+            for b in self.balancers
+            for combo in self.combinations()
+            for s in self.seeds
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The ``sweep.yaml`` content; ``vary`` only when there are extra axes (so grids
+        without them read and write exactly as before)."""
+        d = asdict(self)
+        if not d["vary"]:
+            del d["vary"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Grid:
@@ -78,6 +145,7 @@ class Grid:
                 preset=str(d["preset"]),
                 overrides=dict(d.get("overrides") or {}),
                 protocol=str(d.get("protocol", "val")),
+                vary={str(k): list(v) for k, v in (d.get("vary") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GraceError(
@@ -98,7 +166,7 @@ class Grid:
                 out[axis] = (
                     f"{axis} {_show(mine)} vs {_show(theirs)} in {GRID_FILE} ({'; '.join(parts)})"
                 )
-        for key in ("preset", "protocol", "overrides"):
+        for key in ("preset", "protocol", "overrides", "vary"):
             if getattr(self, key) != getattr(other, key):
                 out[key] = f"{key} {getattr(self, key)!r} vs {getattr(other, key)!r} in {GRID_FILE}"
         return out
@@ -109,7 +177,13 @@ class Grid:
             a: list(getattr(other, a)) + [x for x in getattr(self, a) if x not in getattr(other, a)]
             for a in AXES
         }
-        return Grid(**merged, preset=self.preset, overrides=self.overrides, protocol=self.protocol)
+        return Grid(
+            **merged,
+            preset=self.preset,
+            overrides=self.overrides,
+            protocol=self.protocol,
+            vary=self.vary,
+        )
 
 
 def _show(values: list[Any]) -> str:

@@ -11,6 +11,7 @@ so a second sweep on the same directory is refused.
 from __future__ import annotations
 
 import copy
+import difflib
 import shutil
 import sys
 import time
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from tqdm import tqdm
 
-from grace_rul.config import Execution, merge_overrides, resolve_config
+from grace_rul.config import Execution, config_keys, merge_overrides, resolve_config
 from grace_rul.data import dataset_name
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import make_executor, threads_per_cell
@@ -40,6 +42,7 @@ from grace_rul.experiments.grid import (
     Cell,
     Grid,
     cell_dir,
+    format_value,
     inspect_cell,
     read_failures,
     read_grid,
@@ -159,9 +162,108 @@ def _check_axes(
     return [dataset_name(d) for d in datasets], [str(b) for b in balancers], out_seeds
 
 
+def split_values(text: str) -> list[str]:
+    """Split ``V1,V2,...`` on the commas outside brackets (``[1, 0],[0.5, 0.5]`` is two)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def parse_vary(texts: list[str]) -> dict[str, list[Any]]:
+    """``["train.clip=0,1", ...]`` -> ``{"train.clip": [0, 1], ...}``; values parsed as ``--set``.
+
+    Refused with one line: no ``=``, an empty or unparsable value, a value listed twice, a key
+    given twice. Whether the key exists and the values pass validation is
+    :func:`check_vary`'s job.
+    """
+    vary: dict[str, list[Any]] = {}
+    for text in texts:
+        key, sep, rest = text.partition("=")
+        key = key.strip()
+        if not sep or not key or not rest.strip():
+            raise GraceError(f"--vary expects KEY=V1,V2,... (got '{text}')")
+        if key in vary:
+            raise GraceError(f"--vary {key} is given twice: list all its values in one --vary")
+        values = []
+        for raw in split_values(rest):
+            if not raw:
+                raise GraceError(f"--vary {text}: an empty value")
+            try:
+                values.append(yaml.safe_load(raw))
+            except yaml.YAMLError:
+                raise GraceError(f"--vary {key}: cannot parse the value '{raw}'") from None
+        shown = [format_value(v) for v in values]
+        if len(set(shown)) != len(shown):
+            raise GraceError(f"--vary {key} lists a value twice: {rest}")
+        vary[key] = values
+    return vary
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    *parents, leaf = dotted.split(".")
+    out: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        out = {part: out}
+    return out
+
+
+def _has_key(overrides: dict[str, Any], dotted: str) -> bool:
+    node: Any = overrides
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_vary(
+    vary: dict[str, list[Any]], preset: str | None, shared: dict[str, Any]
+) -> dict[str, list[Any]]:
+    """Refuse, in one line, a ``--vary`` axis that cannot run: an unknown key (with the
+    nearest names), a key a grid axis or ``--set`` owns, or a value failing validation.
+    Returns the axes with each value coerced to the key's type (``0`` -> ``0.0``)."""
+    known = config_keys()
+    owned = {".".join(path): axis for path, axis in AXIS_KEYS.items()}
+    out: dict[str, list[Any]] = {}
+    for key, values in vary.items():
+        if key in owned:
+            raise GraceError(f"--vary {key}: it is a sweep axis already (use --{owned[key]})")
+        if key == "preset":
+            raise GraceError("--vary preset: not a setting (run one sweep per preset)")
+        in_dict = any(key.startswith(k + ".") for k in known if k.endswith(".options"))
+        if key not in known and not in_dict:
+            near = difflib.get_close_matches(key, known, n=4, cutoff=0.6)
+            hint = f"did you mean: {', '.join(near)}" if near else "see config.yaml of a run"
+            raise GraceError(f"--vary: unknown config key '{key}' ({hint})")
+        if _has_key(shared, key):
+            raise GraceError(f"--vary {key}: also set by --set/--config; give it in one place")
+        coerced = []
+        for value in values:
+            try:
+                cfg = resolve_config(preset, None, merge_overrides(shared, _nested(key, value)))
+            except GraceError as exc:
+                raise GraceError(f"--vary {key}={value}: {exc}") from None
+            node: Any = cfg.to_dict()
+            for part in key.split("."):
+                node = node[part]
+            coerced.append(node)
+        out[key] = coerced
+    return out
+
+
 def cell_overrides(grid: Grid, cell: Cell) -> dict[str, Any]:
     """The override dict that turns the grid's preset into this cell's config."""
     o = copy.deepcopy(grid.overrides)
+    for key, value in cell.settings:
+        o = merge_overrides(o, _nested(key, value))
     o.setdefault("data", {})["dataset"] = cell.dataset
     o.setdefault("balancer", {})["name"] = cell.balancer
     o["seed"] = cell.seed
@@ -197,6 +299,7 @@ def run_sweep(
     progress: bool = True,
     cpus_per_task: float = 1,
     gpus_per_task: float = 0,
+    vary: dict[str, list[Any]] | None = None,
 ) -> SweepResult:
     """Train every cell of datasets x balancers x seeds into ``out_dir/runs/`` and tabulate.
 
@@ -206,7 +309,10 @@ def run_sweep(
     threads per cell, otherwise the local pool gives each cell ``cpu_count // workers``
     and Ray ``cpus_per_task``. Cells never show progress bars or event lines.
     A directory holding another grid is refused unless ``extend`` (then the axes are
-    the union; preset, overrides and protocol must still match).
+    the union; preset, overrides, protocol and ``vary`` must still match).
+    ``vary`` adds axes beside datasets, balancers and seeds: dotted config key -> values
+    (``{"train.clip": [0, 1]}``; :func:`parse_vary` reads ``--vary`` texts); every cell
+    takes one value of each, and its name ends in them (``...-s42-clip=0``).
 
     The local pool spawns processes: a script calling this must guard its entry point
     with ``if __name__ == "__main__":`` (the ``grace`` command does).
@@ -224,6 +330,7 @@ def run_sweep(
         preset=base.preset,
         overrides=shared,
         protocol=base.train.protocol,
+        vary=check_vary(dict(vary or {}), base.preset, shared),
     )
 
     on_disk = _grid_on_disk(sweep_dir)
@@ -269,7 +376,9 @@ def run_sweep(
         failures = {k: v for k, v in failures.items() if k in configs}
         log(
             f"sweep {sweep_dir}: {len(cells)} cells ({len(grid.datasets)} datasets x "
-            f"{len(grid.balancers)} balancers x {len(grid.seeds)} seeds), preset {grid.preset}, "
+            f"{len(grid.balancers)} balancers x {len(grid.seeds)} seeds"
+            + "".join(f" x {len(v)} {k}" for k, v in grid.vary.items())
+            + f"), preset {grid.preset}, "
             f"protocol {grid.protocol}, executor {executor}"
         )
 
@@ -402,6 +511,7 @@ def _execute(
                         "dataset": cell.dataset,
                         "balancer": cell.balancer,
                         "seed": cell.seed,
+                        **({"variant": cell.variant} if cell.settings else {}),
                         "attempts": attempt,
                         "error": outcome["error"],
                         "traceback": outcome.get("traceback", ""),

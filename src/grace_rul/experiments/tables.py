@@ -39,11 +39,13 @@ from grace_rul.experiments.grid import (
     inspect_cell,
     read_failures,
     read_grid,
+    short_keys,
 )
 
 RESULT_COLUMNS = [
     "dataset",
     "balancer",
+    "variant",
     "seed",
     "status",
     "rmse_last",
@@ -89,13 +91,16 @@ def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFram
     grid = read_grid(sweep_dir)
     failures = read_failures(sweep_dir)
     rows: list[dict[str, Any]] = []
+    short = short_keys(list(grid.vary))
     for cell in grid.cells():
         state = inspect_cell(cell_dir(sweep_dir, cell), check_checkpoint=False)
         row: dict[str, Any] = {
             "dataset": cell.dataset,
             "balancer": cell.balancer,
+            "variant": cell.variant,
             "seed": cell.seed,
             "protocol": grid.protocol,
+            **{short[k]: v for k, v in cell.settings},
         }
         if state.status == DONE:
             row.update(result_row(state.metrics or {}, grid.protocol))
@@ -106,7 +111,7 @@ def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFram
         else:
             row.update(status=state.status)
         rows.append(row)
-    df = results_frame(rows)
+    df = results_frame(rows, extra=[short[k] for k in grid.vary])
     df["seed"] = df["seed"].astype(int)
     if write:
         atomic_write_text(sweep_dir / RESULTS_FILE, df.to_csv(index=False))
@@ -129,9 +134,11 @@ def result_row(metrics: dict[str, Any], protocol: str) -> dict[str, Any]:
     }
 
 
-def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Result rows (dataset, balancer, seed, status, ...) as a table of ``RESULT_COLUMNS``."""
-    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+def results_frame(rows: list[dict[str, Any]], extra: list[str] | None = None) -> pd.DataFrame:
+    """Result rows (dataset, balancer, seed, status, ...) as a table of ``RESULT_COLUMNS``,
+    then one column per ``--vary`` axis (``extra``, short key names)."""
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS + list(extra or []))
+    df["variant"] = df["variant"].astype(object).where(df["variant"].notna(), "")
     for col in ("rmse_last", "nasa_score", "mae", "health_accuracy", "seconds"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     for col in ("best_epoch", "epochs_run"):
@@ -292,8 +299,19 @@ def _tex(text: str) -> str:
     return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
 
 
+def row_labels(df: pd.DataFrame) -> pd.Series:
+    """The summary row of each result: the balancer, then its ``--vary`` values if any
+    (``gaba clip=0 ema_decay=0``)."""
+    balancer = df["balancer"].astype(str)
+    if "variant" not in df.columns:
+        return balancer
+    variant = df["variant"].fillna("").astype(str)
+    return balancer.where(variant == "", balancer + " " + variant)
+
+
 def summarise(df: pd.DataFrame) -> Summary:
-    """Balancers x subsets statistics of a :func:`collect_results` frame (finished cells only)."""
+    """Balancers x subsets statistics of a :func:`collect_results` frame (finished cells only);
+    a sweep with ``--vary`` axes has one row per balancer and combination of values."""
     missing = {
         "dataset",
         "balancer",
@@ -305,6 +323,7 @@ def summarise(df: pd.DataFrame) -> Summary:
     } - set(df.columns)
     if missing:
         raise GraceError(f"results table lacks columns: {', '.join(sorted(missing))}")
+    df = df.assign(balancer=row_labels(df))
     balancers = list(dict.fromkeys(df["balancer"].astype(str)))
     datasets = list(dict.fromkeys(df["dataset"].astype(str)))
     done = df[df["status"] == DONE]

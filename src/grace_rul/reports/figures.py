@@ -517,3 +517,75 @@ def sweep_task_weights(runs: Sequence[RunData]) -> Rendered:
     subtitle = "applied weights, mean ± std over seeds"
     _title(fig, TITLE_WEIGHTS_SWEEP, subtitle)
     return Rendered("task_weights", TITLE_WEIGHTS_SWEEP, subtitle, fig)
+
+
+# ---------------------------------------------------------------- critical difference
+
+TITLE_CD = "Critical-difference diagram of average ranks (test RMSE)"
+CD_MIN_METHODS, CD_MIN_SUBSETS = 4, 2
+
+
+def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
+    """Nemenyi critical difference ``q_alpha sqrt(k (k + 1) / (6 n))`` for ``k`` methods over
+    ``n`` data sets (Demšar 2006), ``q_alpha`` = studentized range quantile / sqrt(2)."""
+    from scipy.stats import studentized_range
+
+    q = float(studentized_range.ppf(1 - alpha, k, np.inf)) / np.sqrt(2.0)
+    return q * float(np.sqrt(k * (k + 1) / (6.0 * n)))
+
+
+def average_ranks(means: pd.DataFrame) -> pd.Series:
+    """Average rank of each method (rows) over the subsets (columns); 1 = lowest value,
+    ties share their mean rank. Methods missing a subset are left out."""
+    complete = means.dropna(axis=0, how="any")
+    return complete.rank(axis=0, method="average").mean(axis=1).sort_values()
+
+
+def cd_diagram(stats: pd.DataFrame, metric: str = "rmse_mean") -> Rendered:
+    """Demšar's critical-difference diagram from a sweep summary's statistics (one row per
+    method and subset, the seed mean in ``metric``): methods joined by a bar do not differ
+    by more than the Nemenyi critical difference at 0.05."""
+    means = stats.pivot_table(index="balancer", columns="dataset", values=metric, aggfunc="first")
+    ranks = average_ranks(means)
+    k, n = len(ranks), means.shape[1]
+    if k < CD_MIN_METHODS or n < CD_MIN_SUBSETS:
+        raise Skip(
+            f"needs >= {CD_MIN_METHODS} methods over >= {CD_MIN_SUBSETS} subsets with "
+            f"results (has {k} over {n})"
+        )
+    cd = nemenyi_cd(k, n)
+    names, values = list(ranks.index), ranks.to_numpy(float)
+    fig = _figure(8.0, 2.2 + 0.28 * k)
+    ax = fig.subplots()
+    ax.set_xlim(0.5, max(k, 1 + cd) + 0.5)
+    ax.set_ylim(-(k // 2 + 2), 2.2)
+    ax.axis("off")
+    ax.plot([1, k], [0, 0], color="black", lw=1)
+    for r in range(1, k + 1):
+        ax.plot([r, r], [0, 0.15], color="black", lw=1)
+        ax.text(r, 0.3, str(r), ha="center", va="bottom", fontsize=8)
+    ax.plot([1, 1 + cd], [1.4, 1.4], color="tab:red", lw=2)
+    ax.text(1 + cd / 2, 1.55, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+    half = (k + 1) // 2
+    for i, (name, r) in enumerate(zip(names, values)):
+        left = i < half
+        row = -(i if left else k - 1 - i) - 1.0
+        end = 0.5 if left else k + 0.5
+        ax.plot([r, r, end], [0, row, row], color="black", lw=0.8)
+        ax.text(end, row + 0.08, f"{name} ({r:.2f})", ha="left" if left else "right",
+                va="bottom", fontsize=8)  # fmt: skip
+    # cliques: maximal runs of methods whose ranks lie within CD of each other
+    cliques, level = [], 0
+    for i in range(k):
+        j = max(j for j in range(i, k) if values[j] - values[i] <= cd + 1e-12)
+        if j > i and not any(a <= i and j <= b for a, b in cliques):
+            cliques.append((i, j))
+    for a, b in cliques:
+        y = -0.35 - 0.22 * level
+        ax.plot([values[a] - 0.05, values[b] + 0.05], [y, y], color="tab:blue", lw=3)
+        level += 1
+    subtitle = (
+        f"{k} methods · {n} subsets · rank of the seed mean · Nemenyi CD at 0.05 (Demšar 2006)"
+    )
+    _title(fig, TITLE_CD, subtitle + "\nblue bars join methods closer than the CD")
+    return Rendered("cd_diagram", TITLE_CD, subtitle, fig)

@@ -109,6 +109,9 @@ def _sweep_page(sweep: SweepData, out: Path) -> tuple[str, set[str]]:
         (F.TITLE_BOX_NASA, lambda: F.metric_boxplot(cells, "nasa_score")),
         (F.TITLE_WEIGHTS_SWEEP, lambda: F.sweep_task_weights(sweep.runs)),
     ]
+    if sweep.summary is not None:
+        stats = sweep.summary.stats
+        builders.append((F.TITLE_CD, lambda: F.cd_diagram(stats)))
     blocks, written = _draw(builders, out)
     datasets = ", ".join(sorted(cells["dataset"].astype(str).unique()))
     balancers = ", ".join(sorted(cells["balancer"].astype(str).unique()))

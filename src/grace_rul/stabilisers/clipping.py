@@ -47,6 +47,8 @@ class GradClipper:
     clamp each element to ``[-max_norm, max_norm]`` (``clip_grad_value_``; changes direction).
     Either way ``clip`` returns the pre-clip joint L2 norm, and a step counts as clipped when the
     threshold bit (norm mode: joint norm > max_norm; value mode: some |element| > max_norm).
+    ``max_norm=0`` turns clipping off: the pre-clip norm is still recorded, no step counts as
+    clipped and the band monitor stays silent.
 
     Band monitor: when the per-epoch clipped fraction stays outside ``band`` (default 10–30 %)
     for ``patience`` consecutive epochs, ``epoch_summary`` returns — once per run — a hint naming
@@ -65,8 +67,10 @@ class GradClipper:
         patience: int = 3,
         target: float = 0.20,
     ) -> None:
-        if not (isinstance(max_norm, int | float) and math.isfinite(max_norm) and max_norm > 0):
-            raise GraceError(f"clip threshold must be a finite number > 0 (got {max_norm!r})")
+        if not (isinstance(max_norm, int | float) and math.isfinite(max_norm) and max_norm >= 0):
+            raise GraceError(
+                f"clip threshold must be a finite number >= 0, 0 = no clipping (got {max_norm!r})"
+            )
         if mode not in MODES:
             raise GraceError(f"clip mode must be one of {', '.join(MODES)} (got {mode!r})")
         lo, hi = band
@@ -106,6 +110,15 @@ class GradClipper:
         grads = _grads(params)
         if not grads:
             return 0.0
+        if self.max_norm == 0:  # clipping off: only measure
+            norm = level = float(_joint_norm(grads))
+            if math.isfinite(norm):
+                self._norms.append(norm)
+                self._levels.append(level)
+                self._clipped.append(False)
+            else:
+                self._nonfinite += 1
+            return norm
         if self.mode == "norm":
             total = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=2.0)
             norm = level = float(total)
@@ -144,7 +157,7 @@ class GradClipper:
         }
         self.total_steps += steps
         self.total_clipped += n_clipped
-        if steps:
+        if steps and self.max_norm > 0:
             summary["hint"] = self._watch_band(summary["fraction"], self._levels)
         self._norms, self._levels, self._clipped, self._nonfinite = [], [], [], 0
         return summary

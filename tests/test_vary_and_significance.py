@@ -1,0 +1,334 @@
+"""``grace sweep --vary`` (extra grid axes) and ``grace table --baseline`` (paired
+differences with a t-interval and the Wilcoxon signed-rank p), on hand-made sweeps:
+nothing here trains."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from grace_rul.errors import GraceError
+from grace_rul.experiments.grid import Grid, read_grid
+from grace_rul.experiments.significance import (
+    compare,
+    format_comparison,
+    paired_stats,
+    smallest_wilcoxon_p,
+)
+from grace_rul.experiments.sweep import cell_overrides, check_vary, parse_vary, run_sweep
+from grace_rul.experiments.tables import collect_results, summarise
+
+GRID = dict(datasets=["FD001"], balancers=["gaba"], seeds=[42], preset="tiny")
+
+
+def _cli(argv: list[str]) -> int:
+    from grace_rul.cli import main
+
+    return main(argv)
+
+
+# ---- --vary: parsing, validation, grid expansion, cell names
+
+
+def test_parse_vary_values_like_set_and_lists_in_brackets():
+    vary = parse_vary(["train.ema_decay=0,0.999", "balancer.options.weights=[1, 0],[0.5,0.5]"])
+    assert vary == {"train.ema_decay": [0, 0.999], "balancer.options.weights": [[1, 0], [0.5, 0.5]]}
+    assert parse_vary(["train.deterministic=true,false"]) == {"train.deterministic": [True, False]}
+
+
+@pytest.mark.parametrize(
+    "texts, words",
+    [
+        (["train.clip"], "expects KEY=V1,V2"),
+        (["train.clip="], "expects KEY=V1,V2"),
+        (["train.clip=0,,1"], "an empty value"),
+        (["train.clip=[0,1"], "cannot parse the value"),
+        (["train.clip=1,1.0"], "lists a value twice"),
+        (["train.clip=0", "train.clip=1"], "given twice"),
+    ],
+)
+def test_parse_vary_refuses_bad_text(texts, words):
+    with pytest.raises(GraceError, match=words):
+        parse_vary(texts)
+
+
+@pytest.mark.parametrize(
+    "vary, overrides, words",
+    [
+        (
+            {"train.clipp": [0, 1]},
+            {},
+            r"unknown config key 'train.clipp' \(did you mean: train.clip",
+        ),
+        ({"train.clip": [1, -1]}, {}, r"--vary train.clip=-1: invalid setting: train.clip"),
+        ({"train.ema_decay": [0, 1.5]}, {}, "train.ema_decay must be in"),
+        ({"train.epochs": ["many"]}, {}, "invalid value 'many'"),
+        ({"seed": [1, 2]}, {}, "sweep axis already"),
+        ({"train.clip": [0, 1]}, {"train": {"clip": 2.0}}, "also set by --set"),
+    ],
+)
+def test_bad_vary_is_one_line_before_any_cell(tmp_path, vary, overrides, words):
+    with pytest.raises(GraceError, match=words) as err:
+        run_sweep(tmp_path / "s", **GRID, overrides=overrides, vary=vary, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_vary_on_the_command_line_exits_2_with_one_line(tmp_path, capsys):
+    argv = ["sweep", "--datasets", "FD001", "--balancers", "gaba", "--seeds", "1"]
+    assert _cli([*argv, "--vary", "train.clipp=0,1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean: train.clip" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_vary_expands_the_grid_and_names_cells_by_their_values():
+    vary = check_vary(
+        {"train.ema_decay": [0, 0.999], "train.clip": [0, 1]}, "tiny", {"train": {"epochs": 1}}
+    )
+    assert vary == {"train.ema_decay": [0.0, 0.999], "train.clip": [0.0, 1.0]}  # coerced
+    grid = Grid(["FD002"], ["gaba", "equal"], [42, 7], preset="tiny", vary=vary)
+    cells = grid.cells()
+    assert len(cells) == 1 * 2 * 2 * 2 * 2
+    names = [c.name for c in cells]
+    assert names[:4] == [
+        "FD002-gaba-s42-ema_decay=0-clip=0",
+        "FD002-gaba-s7-ema_decay=0-clip=0",
+        "FD002-gaba-s42-ema_decay=0-clip=1",
+        "FD002-gaba-s7-ema_decay=0-clip=1",
+    ]
+    assert "FD002-equal-s7-ema_decay=0.999-clip=1" in names and len(set(names)) == len(names)
+    o = cell_overrides(grid, cells[2])
+    assert o["train"] == {"ema_decay": 0.0, "clip": 1.0} and o["seed"] == 42
+    # lists and option keys name cells safely; equal trailing names use longer keys
+    g2 = Grid(["FD001"], ["fixed"], [1], preset="tiny",
+              vary={"balancer.options.weights": [[1, 0]], "model.dropout": [0.1]})  # fmt: skip
+    assert g2.cells()[0].name == "FD001-fixed-s1-weights=1_0-dropout=0.1"
+    g3 = Grid(["FD001"], ["gaba"], [1], preset="tiny",
+              vary={"train.lr": [0.001], "balancer.options.lr": [0.5]})  # fmt: skip
+    assert g3.cells()[0].name == "FD001-gaba-s1-train.lr=0.001-options.lr=0.5"
+
+
+def _fake_sweep(sweep: Path, vary: dict, results: dict[str, float]) -> None:
+    (sweep / "runs").mkdir(parents=True)
+    grid = {"datasets": ["FD002"], "balancers": ["gaba"], "seeds": [1, 2, 3], "preset": "tiny",
+            "overrides": {}, "protocol": "val", "vary": vary}  # fmt: skip
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(grid))
+    for name, rmse in results.items():
+        d = sweep / "runs" / name
+        d.mkdir()
+        test = {"rmse_last": rmse, "nasa_score": 10 * rmse, "mae": 1.0, "health_accuracy": 0.5}
+        (d / "metrics.json").write_text(json.dumps({"protocol": "val", "test": test}))
+
+
+def test_vary_tables_have_a_row_per_combination(tmp_path):
+    sweep = tmp_path / "s"
+    res = {f"FD002-gaba-s{s}-clip={c}": 20.0 + s + (c == 0) for s in (1, 2, 3) for c in (0, 1)}
+    _fake_sweep(sweep, {"train.clip": [0.0, 1.0]}, res)
+    assert read_grid(sweep).vary == {"train.clip": [0.0, 1.0]}
+    df = collect_results(sweep)
+    assert set(df["variant"]) == {"clip=0", "clip=1"} and set(df["clip"]) == {0.0, 1.0}
+    assert (df["status"] == "done").all()
+    summary = summarise(df)
+    assert summary.balancers == ["gaba clip=0", "gaba clip=1"]
+    md = summary.to_markdown()
+    assert "| gaba clip=0 | 23.00 ± 1.00 (n=3) |" in md
+    assert "| gaba clip=1 | **22.00 ± 1.00 (n=3)** |" in md
+
+
+# ---- --baseline: paired differences against scipy
+
+
+def test_paired_stats_match_scipy_on_hand_made_pairs():
+    a = np.array([16.2, 17.1, 15.8, 16.9, 17.4, 16.0])
+    b = np.array([16.9, 17.0, 16.5, 17.3, 17.2, 16.8])
+    d = a - b
+    st = paired_stats(d)
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert st.n == 6 and st.mean == pytest.approx(d.mean())
+    assert (st.ci_low, st.ci_high) == (pytest.approx(lo), pytest.approx(hi))
+    assert st.p == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert st.p == pytest.approx(stats.wilcoxon(d).pvalue)
+    # all six differences of one sign: the exact two-sided p is 2/2^6
+    assert paired_stats([-1.0, -2, -3, -4, -5, -6]).p == pytest.approx(0.03125)
+    assert paired_stats([-1.0, -2, -3, -4, -5, -6]).significant
+
+
+def test_five_seeds_can_never_reach_005():
+    assert smallest_wilcoxon_p(5) == 0.0625
+    best = paired_stats([-1.0, -2.0, -3.0, -4.0, -5.0])  # as extreme as 5 pairs get
+    assert best.p == pytest.approx(stats.wilcoxon([-1, -2, -3, -4, -5]).pvalue) == 0.0625
+    assert not best.significant
+
+
+def test_fewer_than_two_pairs_is_na_with_a_reason():
+    assert paired_stats([0.4]).note == "fewer than 2 paired seeds (n=1)"
+    assert math.isnan(paired_stats([]).p)
+    zero = paired_stats([0.0, 0.0, 0.0])
+    assert zero.mean == 0.0 and math.isnan(zero.p) and "all paired differences are 0" in zero.note
+
+
+def _fake_balancer_sweep(sweep: Path) -> None:
+    (sweep / "runs").mkdir(parents=True)
+    seeds = [1, 2, 3, 4, 5, 6]
+    grid = {"datasets": ["FD001", "FD002"], "balancers": ["equal", "gaba", "lone"],
+            "seeds": seeds, "preset": "tiny", "overrides": {}, "protocol": "val"}  # fmt: skip
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(grid))
+    gen = np.random.default_rng(0)
+    for d in ("FD001", "FD002"):
+        for s in seeds:
+            base = 20.0 + gen.normal()
+            values = {"equal": base, "gaba": base - 1.0 - 0.1 * s, "lone": base + 0.5}
+            for b, rmse in values.items():
+                if b == "lone" and s > 1:
+                    continue  # one seed only
+                if b == "gaba" and d == "FD002":
+                    rmse = base + (0.3 if s % 2 else -0.3)  # no effect
+                p = sweep / "runs" / f"{d}-{b}-s{s}"
+                p.mkdir()
+                test = {"rmse_last": rmse, "nasa_score": 10 * rmse, "mae": 1.0,
+                        "health_accuracy": 0.5}  # fmt: skip
+                (p / "metrics.json").write_text(json.dumps({"protocol": "val", "test": test}))
+
+
+def test_table_baseline_markdown_bold_only_significant_and_na_footnote(tmp_path, capsys):
+    sweep = tmp_path / "s"
+    _fake_balancer_sweep(sweep)
+    df = collect_results(sweep, write=False)
+    table = compare(df, "equal").set_index(["metric", "method", "dataset"])
+    row = table.loc[("rmse_last", "gaba", "FD001")]
+    diffs = np.array([-1.0 - 0.1 * s for s in range(1, 7)])
+    assert row["n"] == 6 and row["mean_diff"] == pytest.approx(diffs.mean())
+    assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(diffs).pvalue) and row["significant"]
+    assert not table.loc[("rmse_last", "gaba", "FD002"), "significant"]
+    assert table.loc[("rmse_last", "lone", "FD001"), "n"] == 1
+    assert _cli(["table", str(sweep), "--baseline", "equal"]) == 0
+    out = capsys.readouterr().out
+    assert "Wilcoxon p" in out and "| gaba | **−1.35 [" in out and "| **0.0312** |" in out
+    assert "| lone | n/a[^1] | n/a |" in out
+    assert "[^1]: fewer than 2 paired seeds (n=1)" in out
+    assert "(0.03125 for n = 6)" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("| gaba | ")]
+    cells = lines[-1].split("|")  # NASA: FD001 significant, FD002 (no effect) not bold
+    assert "**" in cells[2] and "**" not in cells[4] + cells[5]
+    assert format_comparison(df, "equal", "csv").startswith("metric,method,baseline,dataset")
+
+
+def test_table_baseline_not_in_sweep_is_one_line_listing_rows(tmp_path, capsys):
+    sweep = tmp_path / "s"
+    _fake_balancer_sweep(sweep)
+    assert _cli(["table", str(sweep), "--baseline", "pcgrad"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1
+    assert "'pcgrad' is not in the sweep (present: equal, gaba, lone)" in err
+
+
+def test_baseline_by_axis_value_pairs_each_balancer_with_its_own_row(tmp_path):
+    sweep = tmp_path / "s"
+    res = {f"FD002-gaba-s{s}-clip={c}": 20.0 + s + (c == 0) for s in (1, 2, 3) for c in (0, 1)}
+    _fake_sweep(sweep, {"train.clip": [0.0, 1.0]}, res)
+    df = collect_results(sweep, write=False)
+    table = compare(df, "clip=0")
+    rmse = table[table["metric"] == "rmse_last"].iloc[0]
+    assert rmse["method"] == "gaba clip=1" and rmse["baseline"] == "gaba clip=0"
+    assert rmse["mean_diff"] == pytest.approx(-1.0) and rmse["note"] == ""
+    assert compare(df, "gaba clip=0")["baseline"].eq("gaba clip=0").all()
+
+
+# ---- critical-difference diagram (Demšar 2006)
+
+
+def test_nemenyi_cd_matches_demsar_table_and_ranks_average_ties():
+    from grace_rul.reports.figures import average_ranks, nemenyi_cd
+
+    # Demšar (2006) Table 5a: q_0.05 = 2.569 for k = 4, 3.164 for k = 10
+    assert nemenyi_cd(4, 2) == pytest.approx(2.569 * math.sqrt(4 * 5 / 12), abs=1e-3)
+    assert nemenyi_cd(10, 5) == pytest.approx(3.164 * math.sqrt(10 * 11 / 30), abs=1e-3)
+    means = pd.DataFrame(
+        {"FD001": [1.0, 2.0, 2.0, 4.0], "FD002": [2.0, 1.0, 3.0, 4.0]}, index=list("abcd")
+    )
+    ranks = average_ranks(means)
+    assert ranks.to_dict() == {"a": 1.5, "b": 1.75, "c": 2.75, "d": 4.0}
+
+
+def test_cd_diagram_renders_for_four_methods_over_two_subsets(tmp_path):
+    from grace_rul.reports.figures import Skip, cd_diagram
+
+    sweep = tmp_path / "s"
+    _fake_balancer_sweep(sweep)
+    df = collect_results(sweep, write=False)
+    extra = df[df["balancer"] == "equal"].assign(balancer="fourth", rmse_last=df["rmse_last"] + 2)
+    stats4 = summarise(pd.concat([df, extra], ignore_index=True)).stats
+    rendered = cd_diagram(stats4)
+    png = rendered.png_bytes(dpi=50)
+    assert png.startswith(b"\x89PNG") and rendered.name == "cd_diagram"
+    assert "4 methods · 2 subsets" in rendered.subtitle
+    with pytest.raises(Skip, match="needs >= 4 methods"):
+        cd_diagram(summarise(df).stats)  # three methods
+
+
+# ---- benchmarks/review.py: the claims grid's tables, from a tiny fake sweep
+
+
+def _write_sweep(sweep: Path, balancers, seeds, vary, values) -> None:
+    (sweep / "runs").mkdir(parents=True)
+    grid = {"datasets": sorted({k[0] for k in values}), "balancers": balancers, "seeds": seeds,
+            "preset": "tiny", "overrides": {"train": {"epochs": 1}}, "protocol": "val",
+            "vary": vary}  # fmt: skip
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(grid))
+    for (d, name), rmse in values.items():
+        p = sweep / "runs" / f"{d}-{name}"
+        p.mkdir()
+        test = {"rmse_last": rmse, "nasa_score": 10 * rmse, "mae": 1.0, "health_accuracy": 0.5}
+        (p / "metrics.json").write_text(json.dumps({"protocol": "val", "test": test}))
+
+
+def test_review_script_writes_csvs_and_readme_tables(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "review", Path(__file__).parent.parent / "benchmarks" / "review.py"
+    )
+    review = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(review)
+    out, seeds = tmp_path / "runs", [1, 2]
+    vals = {(d, f"{b}-s{s}"): 20.0 + s + (b == "gaba") for d in ("FD001", "FD002")
+            for b in ("equal", "gaba") for s in seeds}  # fmt: skip
+    _write_sweep(out / "balancers", ["equal", "gaba"], seeds, {}, vals)
+    single = {(d, f"fixed-s{s}"): 19.0 + s for d in ("FD001", "FD002") for s in seeds}
+    _write_sweep(out / "single-task", ["fixed"], seeds, {}, single)
+    stab = {("FD002", f"gaba-s{s}-clip={c}-ema_decay={e}"): 21.0 + s - 0.5 * (c != 0)
+            for s in seeds for c in (0, 1) for e in (0, 0.999)}  # fmt: skip
+    _write_sweep(out / "stabilisers", ["gaba"], seeds,
+                 {"train.clip": [0.0, 1.0], "train.ema_decay": [0.0, 0.999]}, stab)  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- review-balancers:start -->\nSTALE\n<!-- review-balancers:end -->\n"
+        "mid\n<!-- review-stabilisers:start -->\n<!-- review-stabilisers:end -->\nend\n"
+    )
+    review.tables(out, "tiny", 1, results=tmp_path / "results", readme=readme)
+    rows = list(pd.read_csv(tmp_path / "results" / "balancers.csv").itertuples())
+    gaba = [r for r in rows if r.method == "gaba" and r.subset == "FD001"][0]
+    assert gaba.n == 2 and gaba.d_rmse == pytest.approx(1.0) and gaba.baseline == "equal"
+    assert {r.method for r in rows} == {"equal", "gaba", review.SINGLE_TASK}
+    stab_rows = pd.read_csv(tmp_path / "results" / "stabilisers.csv")
+    on = stab_rows[stab_rows["method"] == "clip=1 ema_decay=0.999"].iloc[0]
+    assert on["baseline"] == "clip=0 ema_decay=0" and on["d_rmse"] == pytest.approx(-0.5)
+    text = readme.read_text()
+    assert "STALE" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "| gaba | 22.50 ± 0.71 (n=2) | +1.00 [+1.00, +1.00] | 0.5 |" in text
+    assert "| clip=0 ema_decay=0 | 22.50 ± 0.71 (n=2) | baseline |  |" in text
+    assert "Wilcoxon p" in text and "smallest two-sided Wilcoxon p" in text
+    # the budget arithmetic: the estimate at the chosen epochs fits the budget
+    epochs = review.epochs_for("small", 8.0)
+    assert review.cpu_seconds("small", epochs) <= 8 * 3600 < review.cpu_seconds("small", epochs + 1)
+    assert sum(n for _, _, n in review.plan("small")) == 150
