@@ -16,11 +16,10 @@ import torch
 
 import grace_rul
 from conftest import QUIET
-from grace_rul import evaluation
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.cli import main
 from grace_rul.config import resolve_config
-from grace_rul.data import Normalizer, bundled_dir, load_cmapss, read_cmapss
+from grace_rul.data import Normalizer, bundled_dir, cmapss, load_cmapss, read_cmapss
 from grace_rul.evaluation import load_inference_model, score_split
 from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.inference.prediction import OUTPUT_COLUMNS, predict_file
@@ -64,10 +63,12 @@ def ensemble(run, second_run, tmp_path_factory) -> Path:
 
 
 def evaluate_path_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """RUL and health of the test units exactly as ``grace evaluate --checkpoint`` computes them."""
+    """RUL and health of the test units as training scored them: the checkpoint's inference
+    network on the data contract's test windows (``cmapss.test_windows``)."""
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     model, cfg = load_inference_model(ckpt)
-    split = evaluation.test_split("FD001", cfg, Normalizer.from_dict(ckpt["normalizer"]))
+    normalizer = Normalizer.from_dict(ckpt["normalizer"])
+    split = cmapss.test_windows(read_cmapss("FD001"), normalizer, cfg.data)
     _, rul, health = score_split(model, split)
     return rul, health
 
