@@ -34,13 +34,14 @@ DATASETS = ["FD001", "FD002", "FD003", "FD004"]
 TARGETS = {"FD001": 12.5, "FD002": 15.0, "FD003": 12.5, "FD004": 16.5}
 COLUMNS = [
     "kind", "subset", "seed", "preset", "balancer", "rmse_last", "nasa_score", "mae",
-    "health_accuracy", "best_epoch", "epochs_run", "seconds", "cpu_seconds", "threads",
+    "health_accuracy", "coverage_80", "width_80", "coverage_90", "width_90",
+    "best_epoch", "epochs_run", "seconds", "cpu_seconds", "threads",
     "precision", "protocol", "commit",
 ]  # fmt: skip
 
 
 def _row(kind: str, subset: str, seed: str, m: dict) -> dict:
-    test = m.get("test", {})
+    test, intervals = m.get("test", {}), m.get("intervals", {})
     return {
         "kind": kind,
         "subset": subset,
@@ -51,6 +52,10 @@ def _row(kind: str, subset: str, seed: str, m: dict) -> dict:
         "nasa_score": test.get("nasa_score"),
         "mae": test.get("mae"),
         "health_accuracy": test.get("health_accuracy"),
+        "coverage_80": intervals.get("0.8", {}).get("coverage", ""),
+        "width_80": intervals.get("0.8", {}).get("mean_width", ""),
+        "coverage_90": intervals.get("0.9", {}).get("coverage", ""),
+        "width_90": intervals.get("0.9", {}).get("mean_width", ""),
         "best_epoch": m.get("best_epoch", ""),
         "epochs_run": m.get("epochs_run", ""),
         "seconds": m.get("seconds", ""),
@@ -116,8 +121,9 @@ def table(rows: list[dict]) -> str:
     """The README table, from the CSV rows: means over the single-model runs of each subset."""
     lines = [
         "| subset | test RMSE, single model | seed ensemble | target | NASA score | MAE "
-        "| health acc. | epochs run (best) | CPU-min per run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| health acc. | 80 % interval: coverage, width | 90 % interval: coverage, width "
+        "| epochs run (best) | CPU-min per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for subset in DATASETS:
         single = [r for r in rows if r["subset"] == subset and r["kind"] == "single"]
@@ -127,17 +133,20 @@ def table(rows: list[dict]) -> str:
         cells.append(f"≤ {TARGETS[subset]}")
         if single:
             mean = {k: statistics.mean(_values(single, k)) for k in (
-                "nasa_score", "mae", "health_accuracy", "epochs_run", "best_epoch", "cpu_seconds"
+                "nasa_score", "mae", "health_accuracy", "epochs_run", "best_epoch", "cpu_seconds",
+                "coverage_80", "width_80", "coverage_90", "width_90",
             )}  # fmt: skip
             cells += [
                 f"{mean['nasa_score']:.0f}",
                 f"{mean['mae']:.2f}",
                 f"{mean['health_accuracy']:.3f}",
+                f"{mean['coverage_80']:.2f}, {mean['width_80']:.0f} cycles",
+                f"{mean['coverage_90']:.2f}, {mean['width_90']:.0f} cycles",
                 f"{mean['epochs_run']:.0f} ({mean['best_epoch']:.0f})",
                 f"{mean['cpu_seconds'] / 60:.1f}",
             ]
         else:
-            cells += ["—"] * 5
+            cells += ["—"] * 7
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -30,7 +30,7 @@ from readme_tables import replace_section
 # name -> (preset, overrides). The first one is the reference.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "small": ("small", {}),
-    "small-forget1": ("small", {"model": {"forget_bias": 1.0}}),
+    "small-forget2": ("small", {"model": {"forget_bias": 2.0}}),
     "small-drop0.3": ("small", {"model": {"dropout": 0.3}}),
     "small-lr3e-4": ("small", {"train": {"lr": 3e-4}}),
     "small-wd5e-2": ("small", {"train": {"weight_decay": 5e-2}}),
