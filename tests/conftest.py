@@ -1,10 +1,9 @@
-"""Shared fixtures: the tiny config, a quiet single-thread execution, a trained tiny run,
-and a CLI runner that returns exit code, stdout and stderr."""
+"""Shared test helpers: the tiny config, a quiet single-thread execution, and a CLI runner
+that returns exit code, stdout and stderr."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,27 +19,6 @@ QUIET = Execution(threads=1, quiet=True, progress=False)
 def tiny_config(**train) -> Config:
     """The ``tiny`` preset on FD001 with ``train`` overrides (e.g. ``epochs=1``)."""
     return resolve_config("tiny", overrides={"train": train})
-
-
-@pytest.fixture
-def tiny():
-    """``tiny(**train_overrides)`` -> Config."""
-    return tiny_config
-
-
-@pytest.fixture
-def quiet() -> Execution:
-    return QUIET
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished 2-epoch ``tiny`` run on FD001 (trained once per test session; read only)."""
-    from grace_rul.trainer import train
-
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    train(tiny_config(epochs=2), out, execution=QUIET)
-    return out
 
 
 @dataclass

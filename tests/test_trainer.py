@@ -24,7 +24,7 @@ from grace_rul.errors import GraceError
 from grace_rul.losses import task_losses
 from grace_rul.model import build_model
 from grace_rul.stabilisers import GradClipper, ModelEma, seed_everything
-from grace_rul.trainer import RUL_BIAS_WINDOWS, train, weight_decay_factor
+from grace_rul.trainer import RUL_BIAS_WINDOWS, bias_windows, train, weight_decay_factor
 
 tiny = tiny_config
 
@@ -46,7 +46,7 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
     seed_everything(cfg.seed)
     data = load_cmapss(cfg.data, cfg.seed)
     model = build_model(cfg.model, max_rul=cfg.data.max_rul)
-    model.init_rul_bias(data.train.x[:RUL_BIAS_WINDOWS], float(data.train.rul.mean()))
+    model.init_rul_bias(bias_windows(data.train.x), float(data.train.rul.mean()))
     return model.state_dict()
 
 
@@ -81,22 +81,22 @@ def test_cadence_clip_step_ema_and_swapped_evaluation(tmp_path, monkeypatch):
         restored.append(all(torch.equal(before[k], after[k]) for k in before))
 
     monkeypatch.setattr(ModelEma, "swapped", swapped)
-    train(tiny(epochs=3), tmp_path / "run", execution=QUIET)
+    train(tiny(epochs=2), tmp_path / "run", execution=QUIET)
 
     # Per batch: clip -> optimiser step -> EMA update, never another order.
     batch_events = [e for e in events if e in ("clip", "step", "ema")]
     assert batch_events == ["clip", "step", "ema"] * (len(batch_events) // 3)
     # Per epoch: evaluate (weights swapped back), then the plateau scheduler once, and only
-    # from the first epoch after warmup (tiny: 1 warmup epoch, so epoch indices 1 and 2).
+    # from the first epoch after warmup (tiny: 1 warmup epoch, so epoch index 1 only).
     epoch_events = [e for e in events if e in ("eval", "plateau")]
-    assert epoch_events[:5] == ["eval", "eval", "plateau", "eval", "plateau"]
-    assert events.count("plateau") == 2
-    assert restored[:3] == [True, True, True]
+    assert epoch_events[:3] == ["eval", "eval", "plateau"]
+    assert events.count("plateau") == 1
+    assert restored[:2] == [True, True]
 
 
 def test_end_to_end_default_preset_and_evaluate_reproduces(tmp_path, cli):
     out = tmp_path / "fd001"
-    args = ["train", "--dataset", "FD001", "--epochs", "3"]  # no --preset: the default recipe
+    args = ["train", "--dataset", "FD001", "--epochs", "2"]  # no --preset: the default recipe
     done = cli(*args, "--out", out, "--quiet", "--threads", "2")
     assert done.code == 0
     printed = json.loads(done.out)
@@ -111,10 +111,10 @@ def test_end_to_end_default_preset_and_evaluate_reproduces(tmp_path, cli):
     assert metrics["preset"] == DEFAULT_PRESET != "paper"
     assert set(metrics["test"]) >= {"rmse_last", "nasa_score", "mae", "health_accuracy"}
     assert set(metrics["intervals"]) == {"0.8", "0.9"}
-    assert metrics["epochs_run"] == 3 and metrics["params"] == printed["params"]
+    assert metrics["epochs_run"] == 2 and metrics["params"] == printed["params"]
     assert 0 < metrics["test"]["rmse_last"] < 60
     history = rows(out / "history.csv")
-    assert len(history) == 3 and len(rows(out / "gradient_stats.csv")) == 3
+    assert len(history) == 2 and len(rows(out / "gradient_stats.csv")) == 2
     val = [float(r["val_rmse"]) for r in history]
     assert min(val[1:]) < val[0]  # validation improved over the first epoch
     predictions = rows(out / "predictions.csv")  # one row per FD001 test unit, in unit order
@@ -200,17 +200,18 @@ def test_clipping_sees_the_model_parameters_only(tmp_path, monkeypatch):
     assert not torch.equal(log_var, torch.zeros(2))  # still trained, just not clipped
 
 
-@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_rul_head_starts_at_the_mean_training_target(preset):
     cfg = resolve_config(preset)
     data = load_cmapss(cfg.data, cfg.seed)
     mean = float(data.train.rul.mean())
     model = build_model(cfg.model, max_rul=cfg.data.max_rul)
-    x = data.train.x[:RUL_BIAS_WINDOWS]
+    x = bias_windows(data.train.x)
+    assert RUL_BIAS_WINDOWS <= len(x) < 2 * RUL_BIAS_WINDOWS
     model.init_rul_bias(x, mean)
     with torch.no_grad():
         after = float(model.eval()(x)[0].mean())
-        held_out = float(model(data.val.x[:512])[0].mean())
+        held_out = float(model(data.val.x)[0].mean())
     assert after == pytest.approx(mean, abs=1e-3)
     assert abs(held_out - mean) < 15  # not fitted to those windows only
     assert 60 < mean < 110
@@ -225,8 +226,8 @@ def test_lr_warmup_and_weight_decay_schedule(tmp_path):
         "tiny",
         overrides={
             "train": {
-                "epochs": 4,
-                "warmup_epochs": 3,
+                "epochs": 3,
+                "warmup_epochs": 2,
                 "weight_decay_schedule": [[1, 0.5], [2, 0.1]],
             },
             "balancer": {"name": "grace"},
@@ -236,9 +237,9 @@ def test_lr_warmup_and_weight_decay_schedule(tmp_path):
     history = rows(tmp_path / "run" / "history.csv")
     lr0 = cfg.train.lr
     lrs = [float(r["lr"]) for r in history]
-    assert lrs == pytest.approx([lr0 * (0.1 + 0.9 * e / 3) for e in range(3)] + [lr0])
+    assert lrs == pytest.approx([lr0 * (0.1 + 0.9 * e / 2) for e in range(2)] + [lr0])
     wds = [float(r["weight_decay"]) for r in history]
-    assert wds == pytest.approx([1e-4, 5e-5, 1e-5, 1e-5])
+    assert wds == pytest.approx([1e-4, 5e-5, 1e-5])
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
@@ -251,7 +252,10 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     with pytest.warns(UserWarning, match="emulated") if not _bf16_native() else _no_warning():
-        metrics = train(tiny(epochs=1, precision="bf16"), tmp_path / "run", execution=QUIET)
+        cfg = resolve_config(  # short windows: bf16 is emulated (slow) on CPUs without it
+            "tiny", overrides={"train": {"epochs": 1, "precision": "bf16"}, "data": {"window": 10}}
+        )
+        metrics = train(cfg, tmp_path / "run", execution=QUIET)
     assert metrics["precision"] == "bf16"
     assert np.isfinite(metrics["test"]["rmse_last"])
     assert metrics["stability"]["skipped_steps"] == 0
@@ -274,7 +278,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    epochs = "6"
+    epochs = "4"
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.Popen(_cli("--epochs", epochs, "--out", str(killed)), env=env)
@@ -356,7 +360,10 @@ def test_every_balancer_trains_on_real_fd001(tmp_path, name):
     options = {"weights": [0.7, 0.3]} if name == "fixed" else {}
     cfg = resolve_config(
         "tiny",
-        overrides={"train": {"epochs": 1}, "balancer": {"name": name, "options": options}},
+        overrides={
+            "train": {"epochs": 1, "batch_size": 2048},  # 7 steps: enough to move every weight
+            "balancer": {"name": name, "options": options},
+        },
     )
     metrics = train(cfg, tmp_path / name, execution=QUIET)
     assert np.isfinite(metrics["test"]["rmse_last"]) and metrics["balancer"] == name

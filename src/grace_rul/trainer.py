@@ -55,8 +55,13 @@ from grace_rul.stabilisers import (
 
 # Settings a resume may change: extending a run to more epochs.
 EXTENDABLE_KEYS = ("train.epochs",)
-# Training windows (in order) that set the RUL head's initial bias.
+# About this many training windows, evenly strided over every unit, set the RUL head's bias.
 RUL_BIAS_WINDOWS = 1024
+
+
+def bias_windows(x: torch.Tensor) -> torch.Tensor:
+    """An even stride through the training windows (every unit, early and late life)."""
+    return x[:: max(1, len(x) // RUL_BIAS_WINDOWS)]
 
 
 @dataclass
@@ -285,7 +290,7 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
     """Every stateful component of a run, by the name its state has in ``last.pt``."""
     t = cfg.train
     model = build_model(cfg.model, n_features=len(data.feature_names), max_rul=cfg.data.max_rul)
-    model.init_rul_bias(data.train.x[:RUL_BIAS_WINDOWS], float(data.train.rul.mean()))
+    model.init_rul_bias(bias_windows(data.train.x), float(data.train.rul.mean()))
     model.to(device)
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.options).to(device)
     groups = [{"params": list(model.parameters())}]
