@@ -11,8 +11,9 @@ for the attention projections and the two heads, orthogonal recurrent
 the LSTM forget-gate bias, which starts at ``model.forget_bias`` (1, the write-up's) -
 set in ``bias_ih`` with ``bias_hh`` 0, since PyTorch adds the two. The trainer then sets
 the RUL head's bias from data (:meth:`DualTaskNet.init_rul_bias`): the mean initial
-prediction over training windows equals the mean training target, instead of sitting 100-250 cycles below zero, so the
-first steps learn the shape of degradation rather than undo an offset.
+prediction over training windows equals the mean training target, instead of sitting
+100-250 cycles below zero, so the first steps learn the shape of degradation rather than
+undo an offset.
 """
 
 from __future__ import annotations
