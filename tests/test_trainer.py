@@ -369,7 +369,8 @@ def test_every_balancer_trains_on_real_fd001(tmp_path, name):
     assert np.isfinite(metrics["test"]["rmse_last"]) and metrics["balancer"] == name
     stats = rows(tmp_path / name / "gradient_stats.csv")[0]
     assert float(stats["gnorm_rul"]) > 0 and float(stats["gnorm_health"]) > 0  # logged for all
-    assert float(stats["w_rul"]) > 0
+    w = float(stats["w_rul"]), float(stats["w_health"])  # logged; MGDA may put 0 on RUL
+    assert min(w) >= 0 and sum(w) > 0
     last = components(tmp_path / name / "checkpoints" / "last.pt")
     learnable = {"uncertainty": "log_var", "gradnorm": "task_weights"}
     if name in learnable:  # balancer parameters are in the optimiser and move
