@@ -153,3 +153,18 @@ def test_data_settings_live_with_the_data_contract():
     assert "grace_rul.config" not in source  # no import circle
     with pytest.raises(GraceError, match="data.val_cuts"):
         cmapss.DataConfig(val_cuts=0).validate()
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_traceback():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grace_rul.cli", "data", "describe", "--dataset", "FD002"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before anything is printed (reading takes seconds)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "Error" not in err
