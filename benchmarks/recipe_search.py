@@ -147,13 +147,30 @@ def main() -> None:
                 replace_section("recipe", table())
 
 
+def _as_set(variant: tuple[str, dict]) -> str:
+    """A variant as the command-line settings that make it: ``--preset small --set k=v``."""
+    preset, overrides = variant
+    pairs = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                pairs.append(f"`--set {prefix}{key}={value}`")
+
+    walk(overrides, "")
+    return " ".join([f"`--preset {preset}`", *pairs])
+
+
 def table() -> str:
     """The README table from the CSV: one row per (subset, variant), means over seeds."""
     with open(RESULTS, newline="") as f:
         rows = list(csv.DictReader(f))
     lines = [
         "| subset | variant | change | seeds | val RMSE, truncated (selects) | val RMSE, all "
-        "windows | best epoch | epochs | min per run | test RMSE (recorded, not used) |",
+        "windows | best epoch | epochs | wall min per run (1 thread, shared machine) "
+        "| test RMSE (recorded, not used) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["dataset"], r["variant"]) for r in rows},
@@ -166,7 +183,7 @@ def table() -> str:
 
         seeds = " ".join(r["seed"] for r in group)
         lines.append(
-            f"| {dataset} | `{name}` | `{VARIANTS[name][1] or 'preset ' + VARIANTS[name][0]}` "
+            f"| {dataset} | `{name}` | {_as_set(VARIANTS[name])} "
             f"| {seeds} | {mean('val_rmse_last'):.2f} | {mean('val_rmse_all'):.2f} "
             f"| {mean('best_epoch'):.0f} | {mean('epochs_run'):.0f} "
             f"| {mean('seconds') / 60:.1f} | {mean('test_rmse_last'):.2f} |"
