@@ -380,3 +380,27 @@ def test_every_balancer_trains_on_real_fd001(tmp_path, name):
     if name == "famo":  # the post-step forward reached after_step: the logits moved
         assert int(last["balancer"]["adam_step"]) > 0
         assert not torch.equal(last["balancer"]["logits"], torch.zeros(2))
+
+
+def test_famo_resume_between_epochs_is_bit_identical(tmp_path):
+    """FAMO's extra post-step forward draws dropout masks and moves its buffers: both are in
+    last.pt, so stopping after an epoch and resuming equals training straight through."""
+
+    def cfg(epochs: int):
+        return resolve_config(
+            "tiny",
+            overrides={
+                "train": {"epochs": epochs, "batch_size": 2048},
+                "model": {"dropout": 0.1},
+                "balancer": {"name": "famo"},
+            },
+        )
+
+    train(cfg(2), tmp_path / "straight", execution=QUIET)
+    train(cfg(1), tmp_path / "resumed", execution=QUIET)
+    train(cfg(2), tmp_path / "resumed", execution=QUIET, resume=True)
+    a = components(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = components(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["balancer"][k], b["balancer"][k]) for k in a["balancer"])
+    assert not torch.equal(a["balancer"]["logits"], torch.zeros(2))
