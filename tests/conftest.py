@@ -16,9 +16,14 @@ torch.set_num_threads(1)
 QUIET = Execution(threads=1, quiet=True, progress=False)
 
 
+# Real FD001 windows, shortened: the loop, its cadence and its stabilisers do not depend on
+# the window length, and a 10-cycle window trains about three times faster than 30.
+SHORT = {"window": 10}
+
+
 def tiny_config(**train) -> Config:
-    """The ``tiny`` preset on FD001 with ``train`` overrides (e.g. ``epochs=1``)."""
-    return resolve_config("tiny", overrides={"train": train})
+    """The ``tiny`` preset on real FD001 (10-cycle windows) with ``train`` overrides."""
+    return resolve_config("tiny", overrides={"train": train, "data": SHORT})
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUIET, tiny_config
+from conftest import QUIET, SHORT, tiny_config
 from grace_rul.balancers import BALANCERS, balance_backward
 from grace_rul.config import DEFAULT_PRESET, resolve_config
 from grace_rul.data import load_cmapss
@@ -191,7 +191,8 @@ def test_clipping_sees_the_model_parameters_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(GradClipper, "clip", spy)
     cfg = resolve_config(
-        "tiny", overrides={"train": {"epochs": 1}, "balancer": {"name": "uncertainty"}}
+        "tiny",
+        overrides={"train": {"epochs": 1}, "balancer": {"name": "uncertainty"}, "data": SHORT},
     )
     train(cfg, tmp_path / "run", execution=QUIET)
     model = build_model(cfg.model)
@@ -231,6 +232,7 @@ def test_lr_warmup_and_weight_decay_schedule(tmp_path):
                 "weight_decay_schedule": [[1, 0.5], [2, 0.1]],
             },
             "balancer": {"name": "grace"},
+            "data": SHORT,
         },
     )
     train(cfg, tmp_path / "run", execution=QUIET)
@@ -274,7 +276,8 @@ def _no_warning():
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "grace_rul.cli", "train", "--preset", "tiny", "--threads", "1",
-            "--set", "train.deterministic=true", "--quiet", *args]  # fmt: skip
+            "--set", "train.deterministic=true", "--set", "data.window=10", "--quiet",
+            *args]  # fmt: skip
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
@@ -363,6 +366,7 @@ def test_every_balancer_trains_on_real_fd001(tmp_path, name):
         overrides={
             "train": {"epochs": 1, "batch_size": 2048},  # 7 steps: enough to move every weight
             "balancer": {"name": name, "options": options},
+            "data": SHORT,
         },
     )
     metrics = train(cfg, tmp_path / name, execution=QUIET)
@@ -393,6 +397,7 @@ def test_famo_resume_between_epochs_is_bit_identical(tmp_path):
                 "train": {"epochs": epochs, "batch_size": 2048},
                 "model": {"dropout": 0.1},
                 "balancer": {"name": "famo"},
+                "data": SHORT,
             },
         )
 
