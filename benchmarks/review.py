@@ -29,7 +29,6 @@ import argparse
 import csv
 import io
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from grace_rul.experiments.grid import read_grid
 from grace_rul.experiments.significance import compare, power_note
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.experiments.tables import collect_results, row_labels
+from readme_tables import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -209,16 +209,9 @@ def markdown(rows: list[dict], baseline_name: str) -> str:
 
 
 def write_readme(balancers: list[dict], stabilisers: list[dict], readme: Path = README) -> None:
-    text = readme.read_text()
     for key, rows, base in (("balancers", balancers, "equal"),
                             ("stabilisers", stabilisers, "both off")):  # fmt: skip
-        start, end = f"<!-- {MARKERS[key]}:start -->", f"<!-- {MARKERS[key]}:end -->"
-        if start not in text or end not in text:
-            raise SystemExit(f"{readme.name} has no {start} ... {end} markers")
-        pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-        body = markdown(rows, base)
-        text = pattern.sub(lambda _, s=start, b=body, e=end: f"{s}\n{b}{e}", text)
-    atomic_write_text(readme, text)
+        replace_section(MARKERS[key], markdown(rows, base), readme)
 
 
 def tables(out: Path, preset: str, epochs, results: Path = RESULTS, readme: Path = README):

@@ -292,12 +292,12 @@ def _write_sweep(sweep: Path, balancers, seeds, vary, values) -> None:
         (p / "metrics.json").write_text(json.dumps({"protocol": "val", "test": test}))
 
 
-def test_review_script_writes_csvs_and_readme_tables(tmp_path):
+def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "review", Path(__file__).parent.parent / "benchmarks" / "review.py"
-    )
+    benchmarks = Path(__file__).parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when run as a script from there
+    spec = importlib.util.spec_from_file_location("review", benchmarks / "review.py")
     review = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(review)
     out, seeds = tmp_path / "runs", [1, 2]
