@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from grace_rul.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    pickle_globals,
 )
 from grace_rul.errors import GraceError
 
@@ -103,3 +105,35 @@ def test_non_dict_checkpoint_is_rejected(tmp_path):
     path = atomic_torch_save([1, 2, 3], tmp_path / "last.pt")
     with pytest.raises(GraceError, match="not a GRACE checkpoint"):
         load_checkpoint(path)
+
+
+class _Payload:
+    """Unpickling this calls open(target, "w"): it creates a file."""
+
+    def __init__(self, target) -> None:
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_payload_is_refused_by_name_and_told_apart_from_damage(tmp_path):
+    marker = tmp_path / "pwned"
+    for name, write in [
+        ("zip.pt", lambda p: torch.save({"a": _Payload(marker)}, p)),
+        ("bare.pt", lambda p: p.write_bytes(pickle.dumps({"a": _Payload(marker)}))),
+    ]:
+        path = tmp_path / name
+        write(path)
+        assert "io.open" in pickle_globals(path)
+        with pytest.raises(GraceError, match=r"is refused: .*\(it would call io\.open\)"):
+            load_checkpoint(path)
+        assert not marker.exists()
+    # the same bytes cut short are damage, not a payload
+    data = pickle.dumps({"a": _Payload(marker)})
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) - 3])
+    assert pickle_globals(tmp_path / "cut.pt") is None
+    with pytest.raises(GraceError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    atomic_torch_save(_ckpt(1), tmp_path / "ok.pt")
+    assert all(g.startswith(("torch.", "collections.")) for g in pickle_globals(tmp_path / "ok.pt"))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -73,6 +75,38 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+# Globals a weights-only checkpoint legitimately references (tensor rebuilds, OrderedDict).
+_SAFE_PREFIXES = ("torch.", "collections.")
+
+
+def pickle_globals(path: str | os.PathLike[str]) -> list[str] | None:
+    """The ``module.name`` globals a checkpoint's pickle references, read without running it.
+
+    ``None`` when the bytes are not a complete pickle (a damaged or truncated file). Handles
+    torch's zip format (its ``data.pkl``) and a bare pickle stream.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return None
+                data = archive.read(name)
+        else:
+            data = Path(path).read_bytes()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str):
+                strings.append(arg)
+        return found
+    except Exception:  # zipfile, struct and pickletools raise many types for damaged bytes
+        return None
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint dict onto the CPU; a missing or unreadable file is a ``GraceError``.
 
@@ -88,13 +122,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise GraceError(f"checkpoint {path} is a directory, not a file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # A refused global or call is a payload; "Unsupported operand" is bytes that are not
-        # a pickle at all (a damaged file), which the weights-only unpickler also reports.
-        if "Weights only load failed" in str(err) and "Unsupported operand" not in str(err):
+    except pickle.UnpicklingError:
+        # torch's weights-only unpickler reports a refused global and a damaged byte stream
+        # with the same exception; reading the opcodes (never executing them) tells them apart.
+        calls = pickle_globals(path)
+        if calls is not None:
+            unsafe = [c for c in calls if not c.startswith(_SAFE_PREFIXES)]
+            what = f" (it would call {unsafe[0]})" if unsafe else ""
             raise GraceError(
                 f"checkpoint {path} is refused: it holds objects other than tensors and plain "
-                "values (GRACE never unpickles code from a model file)"
+                f"values{what}; GRACE never unpickles code from a model file"
             ) from None
         raise GraceError(
             f"checkpoint {path} is corrupt or truncated: not a torch checkpoint{_offer_best(path)}"

