@@ -150,6 +150,19 @@ def test_shuffled_columns_extra_columns_and_file_formats_give_identical_predicti
         pd.testing.assert_frame_equal(predict_file(model, tmp_path / name), expected)
 
 
+def test_text_unit_ids_are_kept_and_give_the_same_predictions(exported, tmp_path):
+    model = grace_rul.load_model(exported)
+    expected = predict_file(model, TEST_FD001)
+    raw = read_cmapss("FD001").test
+    named = raw.assign(unit=[f"ESN-{u}" for u in raw["unit"]])  # ESN-10 sorts before ESN-2
+    named.to_csv(tmp_path / "engines.csv", index=False)
+    table = predict_file(model, tmp_path / "engines.csv")
+    assert table["unit"].tolist() == sorted(f"ESN-{u}" for u in range(1, 101))
+    by_name = table.set_index("unit").loc[[f"ESN-{u}" for u in expected["unit"]]]
+    np.testing.assert_array_equal(by_name["rul"], expected["rul"])
+    np.testing.assert_array_equal(by_name["cycles_seen"], expected["cycles_seen"])
+
+
 def test_flags_short_history_and_unseen_regime(exported):
     model = grace_rul.load_model(exported)
     raw = read_cmapss("FD001").test
@@ -248,6 +261,10 @@ BAD_INPUTS = {
         "cycles of unit 1 do not increase: cycle 2 at line 4 follows cycle 3 at line 3",
     ),
     "no rows": (_csv(F.iloc[:0]), [], None, "no rows"),
+    "blank unit id": (
+        _csv(_cell(F.assign(unit=[f"ESN-{u}" for u in F["unit"]]), 3, "unit", " ")), [], None,
+        "missing unit id at line 5",
+    ),
     "column count": (
         _text(lambda ls: [*ls[:4], ls[4] + " 1.0", *ls[5:]]), [], None,
         "wrong column count: line 5 has 27 fields, expected 26",

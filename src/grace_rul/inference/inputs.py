@@ -7,11 +7,14 @@ Accepted files (gzip-compressed or not, recognised by content, not by name):
   ``test_FD001.txt``.
 * A table with a header row, comma-, tab- or whitespace-separated, or a Parquet file:
   named columns ``unit``, ``cycle``, ``setting1``..``setting3`` and the model's sensors
-  (``s1``..``s21``); any column order, other columns ignored.
+  (``s1``..``s21``); any column order, other columns ignored. Unit ids are whole numbers
+  or text (serial numbers such as ``ESN-1042``); text ids are numbered in sorted order
+  inside and named as given in the output.
 
 :func:`clean_frame` refuses, with one line naming the place: a missing column, a sensor
 set that lacks one of the model's sensors, a non-numeric cell (file, line, column), NaN
-or Inf (sensor, line, unit, cycle), a unit or cycle that is not a whole number, no rows
+or Inf (sensor, line, unit, cycle), a blank unit id, a numeric unit or a cycle that is not a
+whole number, no rows
 (or a unit listed as a category with no rows), duplicate (unit, cycle) rows, and cycles
 that do not increase within a unit in file order. Rows of one unit need not be adjacent;
 the cleaned frame is ordered by unit (stable), then file order.
@@ -191,6 +194,10 @@ def clean_frame(
         return f"{where} {places[i]}"
 
     values: dict[str, np.ndarray] = {}
+    labels = _unit_labels(unit_col, source, at)
+    if labels is not None:  # text ids (serial numbers): numbered in sorted order, kept for output
+        codes = pd.Categorical(unit_col.astype(str).str.strip(), categories=labels).codes
+        frame = frame.assign(**{names["unit"]: codes.astype(np.int64)})
     for name in (*required, *sensors):
         column = frame[names[name]]
         if isinstance(column, pd.DataFrame):
@@ -234,7 +241,29 @@ def clean_frame(
         )
     out = {"unit": unit[order], "cycle": cycle[order]}
     out.update({name: values[name][order] for name in (*settings, *sensors)})
-    return pd.DataFrame(out)
+    clean = pd.DataFrame(out)
+    if labels is not None:
+        clean.attrs["unit_labels"] = labels
+    return clean
+
+
+def _unit_labels(column: pd.Series, source: str, at) -> list[str] | None:
+    """The sorted unit ids when they are text (``None`` when they are numbers).
+
+    Ids such as ``ESN-1042`` are kept as labels: rows are grouped by the label and the
+    output names each unit by it. A missing or blank id is refused.
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(object)
+    if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        return None
+    text = column.astype(str).str.strip()
+    missing = column.isna().to_numpy() | (text == "").to_numpy()
+    if missing.any():
+        raise GraceError(f"{source}: missing unit id at {at(int(np.flatnonzero(missing)[0]))}")
+    if pd.to_numeric(text, errors="coerce").notna().all():
+        return None  # numbers written as text: the numeric checks below apply
+    return sorted(set(text))
 
 
 def _canonical(frame: Any, unit: str, time: str) -> Any:

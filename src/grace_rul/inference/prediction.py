@@ -3,7 +3,7 @@
 Output, one row per unit (ascending unit id):
 
 =============  ================================================================
-unit           the unit id
+unit           the unit id, as in the input (numbers or text)
 cycles_seen    cycles of the unit in the input
 rul            predicted RUL at the last cycle (cycles; mean over members)
 rul_lower      lower bound of the conformal interval at ``coverage`` (>= 0)
@@ -80,9 +80,10 @@ def predict_clean(
         ";".join(name for name, on in (("short_history", s), ("unseen_regime", u)) if on)
         for s, u in zip(short, unseen)
     ]
+    labels = frame.attrs.get("unit_labels")
     return pd.DataFrame(
         {
-            "unit": out.unit,
+            "unit": out.unit if labels is None else np.asarray(labels, dtype=object)[out.unit],
             "cycles_seen": seen.astype(np.int64),
             "rul": rul,
             "rul_lower": lower,
