@@ -95,6 +95,28 @@ def test_tables_give_exactly_the_cmapss_windows_labels_and_normaliser(dataset, f
     np.testing.assert_array_equal(again.assign(frame), ours.normalizer.assign(frame))
 
 
+def test_text_unit_ids_give_the_same_data_and_are_matched_in_test_rul(tmp_path, cli):
+    path = write_fleet("FD001", tmp_path, "csv")
+    tables = tmp_path / "tables"
+    for name in ("train.csv", "test.csv", "rul.csv"):  # zero-padded: sorted ids = numeric order
+        _edit_csv(
+            tables / name, lambda f: f.assign(engine_id=[f"ESN-{u:03d}" for u in f.engine_id])
+        )
+    rul = pd.read_csv(tables / "rul.csv")
+    rul.iloc[::-1].to_csv(tables / "rul.csv", index=False)  # matched by id, not by row order
+    ours = load_dataset(DataConfig(dataset=str(path)), seed=7)
+    assert_same_data(ours, load_cmapss(DataConfig(dataset="FD001"), seed=7))
+    r = cli("data", "describe", "--dataset", path, "--json")
+    notes = json.loads(r.out)["notes"]
+    assert "ESN-001 = 1, ESN-100 = 100" in notes["train_unit_ids"], notes
+    assert "ESN-001 = 1" in notes["test_unit_ids"], notes
+    rul.assign(engine_id=rul.engine_id.str.replace("ESN-100", "ESN-999")).to_csv(
+        tables / "rul.csv", index=False
+    )
+    r = cli("data", "describe", "--dataset", path)
+    assert r.code == 2 and "rows for unit(s) ESN-999 that are not in the test file" in r.err
+
+
 @pytest.mark.parametrize("dataset", ["FD002", "FD004"])
 def test_kmeans_auto_finds_the_rounding_regimes(dataset):
     raw = read_cmapss(dataset)
@@ -249,6 +271,9 @@ BAD_INPUTS = {
         {}, lambda f: _set(f, 5, "hour", 5), "duplicate rows for unit 1, hour 5"),
     "nan cells": (
         {}, lambda f: _set(f, 7, "vib_x", np.nan), "in column 'vib_x' at data row(s) 8"),
+    "blank unit id": (
+        {}, lambda f: f.assign(pump_id=[" " if i == 3 else f"P{u}" for i, u in enumerate(f.pump_id)]),  # noqa: E501
+        "missing unit id in column 'pump_id' at data row 4"),
     "too few units": (
         {}, lambda f: f[f.pump_id <= 2], "a dataset needs at least 3"),
     "all constant": (

@@ -6,7 +6,7 @@ A dataset YAML (``--dataset fleet.yaml``)::
     train: pumps_train.parquet        # run-to-failure histories; CSV or Parquet
     test: pumps_test.csv              # optional: histories that end before failure
     test_rul: pumps_test_rul.csv      # optional: columns unit, rul (true RUL at the last row)
-    unit: pump_id                     # unit id column (whole numbers)
+    unit: pump_id                     # unit id column (whole numbers or text ids)
     time: cycle                       # time column (whole numbers, increasing within a unit)
     settings: [load, speed]           # optional operating settings
     regimes: auto                     # auto | none | an integer k (default: auto with settings)
@@ -39,8 +39,11 @@ Precedence: the YAML's ``max_rul`` and ``window`` are the dataset's defaults. A
 them; :func:`grace_rul.config.resolve_config` writes the resolved values into the run's
 config, so a checkpoint and an exported model carry them.
 
+Unit ids may be text (``pump-A``): each file's ids are numbered 1..n in sorted order,
+``test_rul`` rows are matched by id, and :func:`describe` states the numbering.
+
 Every problem is one line (:class:`~grace_rul.errors.GraceError`): a missing file or
-column (with near names), a non-numeric column, NaN cells (rows and column named),
+column (with near names), a blank unit id, a non-numeric column, NaN cells (rows and column named),
 time not increasing within a unit, duplicate (unit, time) rows, fewer than 3 units,
 a training unit shorter than the window, ``test_rul`` rows that do not match the test
 units, and a sensor list that is empty after dropping constant columns.
@@ -178,7 +181,7 @@ def read_tables(cfg: DataConfig, data_dir: str | Path | None = None) -> RawSubse
     notes: dict[str, Any] = {}
     sensors = _sensors(spec, train_raw, notes)
     columns = [spec.unit, spec.time, *spec.settings, *sensors]
-    train = _clean(train_raw, columns, spec, spec.train)
+    train = train_ids = _clean(train_raw, columns, spec, spec.train)
     units = np.unique(train["unit"])
     if len(units) < MIN_UNITS:
         raise GraceError(
@@ -210,6 +213,13 @@ def read_tables(cfg: DataConfig, data_dir: str | Path | None = None) -> RawSubse
         else:
             test_rul = _test_rul(spec, test)
             split = "test units, last window"
+    for role, frame in (("train", train_ids), ("test", test if spec.test else None)):
+        if frame is not None and frame.attrs.get("unit_labels") is not None:
+            ids = frame.attrs["unit_labels"]
+            notes[f"{role}_unit_ids"] = (
+                f"text ids numbered 1..{len(ids)} in sorted order ({ids[0]} = 1, {ids[-1]} = "
+                f"{len(ids)}); predictions.csv and trajectories.csv use the numbers"
+            )
     return RawSubset(
         dataset=spec.name,
         train=train,
@@ -279,6 +289,7 @@ def _clean(frame: pd.DataFrame, columns: list[str], spec: TableSpec, source: Pat
     for name in columns:
         if name not in names:
             raise GraceError(f"{source}: no column '{name}' ({_near(name, names)})")
+    frame, labels = _number_units(frame, spec.unit, source)
     out = pd.DataFrame(index=frame.index)
     for name in columns:
         column = frame[name]
@@ -331,7 +342,32 @@ def _clean(frame: pd.DataFrame, columns: list[str], spec: TableSpec, source: Pat
         clean[columns[2:]] = clean.groupby("unit", sort=False)[columns[2:]].ffill()
     for name in columns[2:]:
         _no_nan(clean, name, source, order)
+    if labels is not None:
+        clean.attrs["unit_labels"] = labels
     return clean
+
+
+def _number_units(frame: pd.DataFrame, name: str, source: Path) -> tuple[pd.DataFrame, list | None]:
+    """Text unit ids (``pump-A``) replaced by 1..n in sorted id order, and the sorted ids.
+
+    Numeric ids (or numbers written as text) are left for the whole-number checks. A
+    blank id is refused.
+    """
+    if name not in frame.columns:
+        return frame, None
+    column = frame[name]
+    if isinstance(column, pd.DataFrame) or pd.api.types.is_numeric_dtype(column.dtype):
+        return frame, None
+    text = column.astype(str).str.strip()
+    blank = column.isna().to_numpy() | (text == "").to_numpy()
+    if blank.any():
+        row = int(np.flatnonzero(blank)[0])
+        raise GraceError(f"{source}: missing unit id in column '{name}' at data row {row + 1}")
+    if pd.to_numeric(text, errors="coerce").notna().all():
+        return frame, None
+    labels = sorted(set(text))
+    codes = pd.Categorical(text, categories=labels).codes.astype(np.int64) + 1
+    return frame.assign(**{name: codes}), labels
 
 
 def _no_nan(frame: pd.DataFrame, name: str, source: Path, order: np.ndarray | None) -> None:
@@ -358,6 +394,17 @@ def _test_rul(spec: TableSpec, test: pd.DataFrame) -> np.ndarray:
         if name not in names:
             raise GraceError(f"{spec.test_rul}: no column '{name}' ({_near(name, names)})")
     rul = pd.to_numeric(table["rul"], errors="coerce").to_numpy(dtype=np.float64)
+    labels = test.attrs.get("unit_labels")
+    if labels is not None:  # text ids: the test file's numbering (1..n in sorted id order)
+        given = table[unit_col].astype(str).str.strip()
+        unknown = sorted(set(given) - set(labels))
+        if unknown:
+            raise GraceError(
+                f"{spec.test_rul}: rows for unit(s) {', '.join(unknown[:5])} that are not in "
+                f"the test file {spec.test}"
+            )
+        code = {label: i + 1 for i, label in enumerate(labels)}
+        table = table.assign(**{unit_col: given.map(code)})
     units = pd.to_numeric(table[unit_col], errors="coerce").to_numpy(dtype=np.float64)
     if not (np.isfinite(rul).all() and np.isfinite(units).all()):
         raise GraceError(f"{spec.test_rul}: non-numeric or missing unit/rul values")
