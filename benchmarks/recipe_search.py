@@ -32,6 +32,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "small": ("small", {}),
     "small-forget2": ("small", {"model": {"forget_bias": 2.0}}),
     "small-drop0.3": ("small", {"model": {"dropout": 0.3}}),
+    "small-drop0": ("small", {"model": {"dropout": 0.0}}),
     "small-lr3e-4": ("small", {"train": {"lr": 3e-4}}),
     "small-wd5e-2": ("small", {"train": {"weight_decay": 5e-2}}),
     "small-win40": ("small", {"data": {"window": 40}}),
