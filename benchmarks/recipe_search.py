@@ -36,6 +36,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "small-lr3e-4": ("small", {"train": {"lr": 3e-4}}),
     "small-wd5e-2": ("small", {"train": {"weight_decay": 5e-2}}),
     "small-win40": ("small", {"data": {"window": 40}}),
+    "small-win50": ("small", {"data": {"window": 50}}),
     "small-bs128": ("small", {"train": {"batch_size": 128}}),
     "small-ema0.99": ("small", {"train": {"ema_decay": 0.99, "ema_warmup": False}}),
     "small-select-all": ("small", {"train": {"select": "all"}}),
