@@ -4,7 +4,7 @@
     python benchmarks/accuracy.py --table-only                     # rewrite CSV + README table
 
 Trains a resumable ``grace sweep`` (gaba, the default preset, validation-selected) into
-``runs/accuracy``: started again, it skips finished runs and resumes interrupted ones.
+``runs/accuracy-PRESET``: started again, it skips finished runs and resumes interrupted ones.
 When every seed of a subset has finished, it combines them into a seed ensemble
 (``grace ensemble``). Then it writes ``benchmarks/results/accuracy.csv`` - one row per
 finished run and one per ensemble - and regenerates the README's accuracy table (between
@@ -101,6 +101,14 @@ def ensemble_rows(sweep_dir: Path, grid) -> list[dict]:
     return rows
 
 
+def merged_rows(rows: list[dict], preset: str) -> list[dict]:
+    """This sweep's rows plus the committed rows of other presets (earlier recipes stay)."""
+    kept = []
+    if RESULTS.is_file():
+        kept = [r for r in csv.DictReader(open(RESULTS, newline="")) if r["preset"] != preset]
+    return kept + rows
+
+
 def write_csv(rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
@@ -120,15 +128,20 @@ def _mean_std(values: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     """The README table, from the CSV rows: means over the single-model runs of each subset."""
     lines = [
-        "| subset | test RMSE, single model | seed ensemble | target | NASA score | MAE "
+        "| subset | preset | test RMSE, single model | seed ensemble | target | NASA score | MAE "
         "| health acc. | 80 % interval: coverage, width | 90 % interval: coverage, width "
         "| epochs run (best) | CPU-min per run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for subset in DATASETS:
-        single = [r for r in rows if r["subset"] == subset and r["kind"] == "single"]
-        ens = [r for r in rows if r["subset"] == subset and r["kind"] == "ensemble"]
-        cells = [subset, _mean_std(_values(single, "rmse_last"))]
+    # The default preset's four rows first (dashes where nothing has run), then earlier recipes.
+    presets = [DEFAULT_PRESET] + sorted({r["preset"] for r in rows} - {DEFAULT_PRESET})
+    for preset, subset in ((p, s) for p in presets for s in DATASETS):
+        mine = [r for r in rows if r["subset"] == subset and r["preset"] == preset]
+        if not mine and preset != DEFAULT_PRESET:
+            continue
+        single = [r for r in mine if r["kind"] == "single"]
+        ens = [r for r in mine if r["kind"] == "ensemble"]
+        cells = [subset, f"`{preset}`", _mean_std(_values(single, "rmse_last"))]
         cells.append(f"{float(ens[0]['rmse_last']):.2f}" if ens else "—")
         cells.append(f"≤ {TARGETS[subset]}")
         if single:
@@ -162,10 +175,10 @@ def main() -> None:
     ap.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "accuracy"))
+    ap.add_argument("--out", help="sweep directory (default: runs/accuracy-PRESET)")
     ap.add_argument("--table-only", action="store_true", help="no training; rewrite the tables")
     args = ap.parse_args()
-    sweep_dir = Path(args.out)
+    sweep_dir = Path(args.out or ROOT / "runs" / f"accuracy-{args.preset}")
     if not args.table_only:
         resolve_config(args.preset)  # refuse an unknown preset before anything starts
         run_sweep(
@@ -179,7 +192,7 @@ def main() -> None:
             extend=True,
         )
     if (sweep_dir / "sweep.yaml").is_file():
-        rows = collect(sweep_dir)
+        rows = merged_rows(collect(sweep_dir), args.preset)
         write_csv(rows)
     else:  # no runs here: the committed CSV is the evidence
         rows = list(csv.DictReader(open(RESULTS, newline=""))) if RESULTS.is_file() else []
