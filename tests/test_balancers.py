@@ -652,6 +652,22 @@ def test_engine_non_finite_task_gradient_writes_nothing():
     assert int(gaba.step) == 0
 
 
+def test_engine_can_leave_the_finite_check_to_the_caller():
+    model = _Tiny()
+    x, y = _data()
+    shared, heads = _params(model)
+    out = balance_backward(
+        build_balancer("gaba"), model(x, y)[0], shared, heads, check_finite=False
+    )
+    assert isinstance(out.finite, torch.Tensor) and bool(out.finite)
+    model.zero_grad(set_to_none=True)
+    gaba = build_balancer("gaba")
+    losses = model(x, y)[0] * float("nan")
+    out = balance_backward(gaba, losses, shared, heads, check_finite=False)
+    assert not bool(out.finite)  # no early return: the caller skips the step and restores
+    assert int(gaba.step) == 1
+
+
 def test_learnable_balancer_parameters_train():
     for name, attr in (("uncertainty", "log_var"), ("gradnorm", "task_weights")):
         model = _Tiny()

@@ -44,6 +44,23 @@ def test_huge_but_finite_gradients_are_not_flagged():
     assert NonFiniteGuard().check_grads(model.parameters())
 
 
+def test_check_step_is_check_loss_and_check_grads_in_one():
+    guard = NonFiniteGuard()
+    model = _model_with_grads()
+    ok = torch.tensor([0.5, 1.2])
+    assert guard.check_step(ok, model.parameters(), ("rul", "health"))
+    assert not guard.check_step(ok, model.parameters(), also=torch.tensor(False))
+    assert guard.last_problem == "gradients"
+    model[0].bias.grad[1] = float("inf")
+    assert not guard.check_step(ok, model.parameters())
+    assert guard.last_problem == "gradients"
+    assert not guard.check_step(
+        torch.tensor([float("nan"), 1.0]), model.parameters(), ("rul", "health")
+    )
+    assert guard.last_problem == "loss rul=nan"  # the losses are named first
+    assert guard.total_skipped == 0  # it only looks
+
+
 def test_counters_and_first_bad_step():
     guard = NonFiniteGuard(max_consecutive=5)
     guard.record_bad(1, 7, "loss rul=nan")

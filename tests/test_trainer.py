@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from conftest import QUIET, SHORT, tiny_config
+from grace_rul import trainer
 from grace_rul.balancers import BALANCERS, balance_backward
 from grace_rul.config import DEFAULT_PRESET, resolve_config
 from grace_rul.data import load_cmapss
@@ -129,6 +131,42 @@ def test_end_to_end_default_preset_and_evaluate_reproduces(tmp_path, cli):
     assert evaluated.code == 0
     assert json.loads(evaluated.out)["test"] == metrics["test"]
     assert json.loads(evaluated.out)["intervals"] == metrics["intervals"]
+
+
+# Tensor calls that make the host wait for a CUDA device.
+HOST_READS = {"__bool__", "__int__", "__float__", "__index__", "__format__", "item", "tolist",
+              "numpy", "cpu"}  # fmt: skip
+
+
+def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
+    """The skip decision is the one host sync of a step; what is only reported (losses,
+    weights, norms, clip statistics, spikes) is read back at the end of the epoch."""
+    reads: list[str] = []
+    in_batches = [False]
+
+    class Reads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if in_batches[0] and (name in HOST_READS or (name == "to" and "cpu" in args[1:])):
+                reads.append(name)
+            return func(*args, **(kwargs or {}))
+
+    class Bar(trainer.tqdm):
+        def __iter__(self):
+            in_batches[0] = True
+            yield from super().__iter__()
+            in_batches[0] = False
+
+    monkeypatch.setattr(trainer, "tqdm", Bar)
+    cfg = resolve_config(  # equal: a balancer without host work of its own
+        "tiny",
+        overrides={"train": {"epochs": 1, "batch_size": 2048}, "balancer": {"name": "equal"},
+                   "data": SHORT},
+    )  # fmt: skip
+    with Reads():
+        train(cfg, tmp_path / "run", execution=QUIET)
+    steps = int(rows(tmp_path / "run" / "gradient_stats.csv")[0]["steps"])
+    assert steps > 1 and reads == ["__bool__"] * steps
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no step ran

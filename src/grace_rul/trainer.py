@@ -1,11 +1,13 @@
 """The GRACE training loop, readable top to bottom in :func:`train` (docs/design.md §5).
 
-Per batch:  forward -> task losses -> non-finite loss check -> balancer (per-task
-            gradients at most once, written into .grad) -> unscale (fp16) ->
-            non-finite gradient check -> joint-norm clip of the model's parameters
-            (pre-clip norm recorded) -> AdamW step -> balancer.after_step (FAMO: with the
-            same batch's losses after the step, one no-grad forward) -> weight EMA.
-Per epoch:  weight decay from the schedule -> batches -> evaluate with EMA weights
+Per batch:  forward -> task losses -> balancer (per-task gradients at most once,
+            written into .grad) -> unscale (fp16) -> non-finite check of the losses and
+            gradients (the step's one host sync) -> joint-norm clip of the model's
+            parameters (pre-clip norm recorded) -> AdamW step -> balancer.after_step (FAMO:
+            with the same batch's losses after the step, one no-grad forward) -> weight EMA.
+            What is only reported (losses, weights, norms) stays on the device.
+Per epoch:  weight decay from the schedule -> batches -> the epoch's statistics read back
+            once, loss spikes found among its steps -> evaluate with EMA weights
             swapped in (and back) -> LR warmup position -> ReduceLROnPlateau (once
             warmup is over) -> best checkpoint -> early stopping -> history and
             gradient-statistics rows -> ``last.pt`` (everything an exact resume needs).
@@ -32,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from grace_rul import __version__, rundir, source_commit
-from grace_rul.balancers import balance_backward, build_balancer
+from grace_rul.balancers import StepGrads, balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
 from grace_rul.config import Config, Execution, config_from_dict
 from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows
@@ -120,6 +122,7 @@ def train(
     shared, heads = model.shared_parameters(), model.head_parameters()
     last_layer = model.last_shared_layer_params()
     all_params = list(model.parameters()) + list(balancer.parameters())
+    balancer_state = _Snapshot(balancer)
     t = cfg.train
     x_train, rul_train, health_train = (
         data.train.x.to(device), data.train.rul.to(device), data.train.health.to(device)
@@ -136,7 +139,7 @@ def train(
         wd = t.weight_decay * weight_decay_factor(t.weight_decay_schedule, epoch)
         optimizer.param_groups[0]["weight_decay"] = wd
         model.train()
-        stat = _EpochGradStats(len(TASKS))
+        stat = _EpochGradStats(len(TASKS), device)
         perm = torch.randperm(len(x_train), generator=order).to(device)
         bar = tqdm(
             range(n_batches), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
@@ -148,25 +151,24 @@ def train(
             with precision.autocast():
                 rul_pred, logits, z = model(x_train[idx])
             losses = loss_fn(rul_pred, logits, rul_train[idx], health_train[idx], cfg.data.max_rul)
-            if not guard.check_loss(losses):
-                bad = [n for n, v in zip(TASKS, losses.tolist()) if not np.isfinite(v)]
-                _skip(guard, log, epoch, b, "loss " + "+".join(bad))
-                continue
-            balancer_state = {k: v.detach().clone() for k, v in balancer.state_dict().items()}
+            balancer_state.take()
             result = backward_fn(
                 balancer, losses, shared, heads,
                 representation=z, grad_source=cfg.balancer.grad_source,
                 last_layer_params=last_layer, want_task_grads=state.step % t.grad_stats_every == 0,
-                scale=precision.scale,
+                scale=precision.scale, check_finite=False,
             )  # fmt: skip
             precision.unscale_(optimizer)
-            if not result.finite or not guard.check_grads(all_params):
-                balancer.load_state_dict(balancer_state)  # a skipped step leaves no trace
+            # The step's one host sync, after backward (as GradScaler): a non-finite loss or
+            # gradient anywhere skips it. Backward on a bad loss is wasted work, but rare.
+            if not guard.check_step(losses, all_params, also=result.finite):
+                balancer_state.restore()  # a skipped step leaves no trace
                 optimizer.zero_grad(set_to_none=True)
-                precision.backoff()  # fp16: shrink the loss scale after an overflow
-                _skip(guard, log, epoch, b, "gradients")
+                what = _problem(losses)
+                precision.skip(overflow=what == "gradients")  # fp16: shrink the loss scale
+                _skip(guard, log, epoch, b, what)
                 continue
-            state.grad_norms.append(clipper.clip(model.parameters()))
+            grad_norm = clipper.clip(model.parameters())
             precision.step(optimizer)
             precision.update()
             losses_after = None
@@ -181,18 +183,22 @@ def train(
             guard.record_good()
             state.step += 1
 
-            loss_values = losses.detach().double().cpu()
-            stat.add(loss_values, result)
-            total = float(loss_values.sum())
+            stat.add(b, losses, result, grad_norm)
+            if show_bar and b % 10 == 0:  # the postfix reads the device: not every batch
+                lam = "/".join(f"{w:.2f}" for w in result.combination.weights.tolist())
+                loss = float(losses.detach().sum())
+                bar.set_postfix(loss=f"{loss:.3g}", lam=lam, val_rmse=f"{val_rmse_shown:.2f}")
+        bar.close()
+
+        # ---- the epoch's statistics come to the host once; loss spikes among its steps
+        totals, grad_norms = stat.read()
+        state.grad_norms += grad_norms
+        for b, total in zip(stat.batches, totals):
             if spikes.update(total, epoch, b):
                 log(
                     f"loss spike at epoch {epoch + 1} batch {b}: {total:.4g} "
                     f"> {t.spike_factor}x running level {spikes.level:.4g}"
                 )
-            if show_bar:
-                lam = "/".join(f"{w:.2f}" for w in result.combination.weights.tolist())
-                bar.set_postfix(loss=f"{total:.3g}", lam=lam, val_rmse=f"{val_rmse_shown:.2f}")
-        bar.close()
         if stat.steps:
             balancer.end_epoch(epoch, (stat.losses / stat.steps).float())
 
@@ -483,6 +489,12 @@ def _trajectories(model, cfg: Config, data, data_dir: str | None) -> list[list[A
     return rows
 
 
+def _problem(losses: torch.Tensor) -> str:
+    """What made a skipped step non-finite: the named losses, or else the gradients."""
+    bad = [n for n, v in zip(TASKS, losses.tolist()) if not np.isfinite(v)]
+    return "loss " + "+".join(bad) if bad else "gradients"
+
+
 def _skip(guard: NonFiniteGuard, log, epoch: int, batch: int, what: str) -> None:
     first = guard.first_bad is None
     guard.record_bad(epoch + 1, batch, what)  # raises TrainingDiverged after too many in a row
@@ -493,32 +505,83 @@ def _skip(guard: NonFiniteGuard, log, epoch: int, batch: int, what: str) -> None
 # --------------------------------------------------------------------------- statistics
 
 
+class _Snapshot:
+    """A module's state before a step, put back when the step is skipped.
+
+    The state is copied (one fused copy) into the tensors kept from the last step; they are
+    cloned afresh only when the state's layout changes (DB-MTL sizes a buffer on its first
+    step). A balancer without state costs nothing.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.saved: dict[str, torch.Tensor] = {}
+        self.layout: list[tuple] = []
+
+    def take(self) -> None:
+        live = self.module.state_dict()
+        layout = [(k, v.shape, v.dtype, v.device) for k, v in live.items()]
+        if layout != self.layout:
+            self.saved, self.layout = {k: v.clone() for k, v in live.items()}, layout
+        elif live:
+            torch._foreach_copy_(list(self.saved.values()), list(live.values()))
+
+    def restore(self) -> None:
+        self.module.load_state_dict(self.saved)
+
+
 class _EpochGradStats:
-    """Per-epoch means of task losses, task-gradient norms, cosines and weights."""
+    """Per-epoch means of task losses, task-gradient norms, cosines and weights.
 
-    def __init__(self, k: int) -> None:
-        self.steps, self.samples = 0, 0
-        self.weights = torch.zeros(k, dtype=torch.float64)
-        self.raw = torch.zeros(k, dtype=torch.float64)
-        self.smooth = torch.zeros(k, dtype=torch.float64)
-        self.has_smooth = False
-        self.losses = torch.zeros(k, dtype=torch.float64)
-        self.norms = torch.zeros(k, dtype=torch.float64)
-        self.cos = 0.0
+    ``add`` leaves everything on the training device (float64 sums, per-step values in
+    lists); ``read`` brings it to the host in one transfer at the end of the epoch.
+    """
 
-    def add(self, losses: torch.Tensor, result) -> None:
-        comb = result.combination
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.k, self.steps, self.samples, self.has_smooth = k, 0, 0, False
+        self.batches: list[int] = []  # the batch index of every applied step
+        self._step_losses: list[torch.Tensor] = []
+        self._grad_norms: list[torch.Tensor] = []
+        # One buffer: losses, weights, raw, smooth, norms (K each), then the cosine sum.
+        self._sums = torch.zeros(5 * k + 1, dtype=torch.float64, device=device)
+        self._views(self._sums)
+
+    def _views(self, sums: torch.Tensor) -> None:
+        parts = sums.split([self.k] * 5 + [1])
+        self.losses, self.weights, self.raw, self.smooth, self.norms, self.cos = parts
+
+    def add(
+        self, batch: int, losses: torch.Tensor, result: StepGrads, grad_norm: torch.Tensor
+    ) -> None:
+        comb, device = result.combination, self._sums.device
+        losses = losses.detach().to(self._sums)
         self.steps += 1
+        self.batches.append(batch)
+        self._step_losses.append(losses)
+        self._grad_norms.append(grad_norm)
         self.losses += losses
-        self.weights += comb.weights.detach().double().cpu()
-        self.raw += (comb.raw if comb.raw is not None else comb.weights).detach().double().cpu()
+        self.weights += comb.weights.detach().to(device)
+        self.raw += (comb.raw if comb.raw is not None else comb.weights).detach().to(device)
         if comb.smoothed is not None:
             self.has_smooth = True
-            self.smooth += comb.smoothed.detach().double().cpu()
+            self.smooth += comb.smoothed.detach().to(device)
         if result.task_norms is not None:
             self.samples += 1
-            self.norms += result.task_norms.detach().double().cpu()
-            self.cos += result.cosine
+            self.norms += result.task_norms.detach().to(device)
+            self.cos += result.cosine.to(device)
+
+    def read(self) -> tuple[list[float], list[float]]:
+        """Bring the sums to the host (the epoch's one transfer); return each applied step's
+        total loss (L_rul + L_health, as the spike detector sees it) and pre-clip norm."""
+        per_step = []
+        if self.steps:
+            per_step = [torch.stack(self._step_losses).flatten(), torch.stack(self._grad_norms)]
+        host = torch.cat([self._sums, *(v.to(self._sums) for v in per_step)]).cpu()
+        self._views(host[: self._sums.numel()])
+        per_step_host = host[self._sums.numel() :]
+        n = self.steps * self.k
+        totals = [float(row.sum()) for row in per_step_host[:n].view(self.steps, self.k)]
+        return totals, per_step_host[n:].tolist()
 
     def mean_total(self) -> float:
         return float(self.losses.sum() / max(self.steps, 1))
@@ -537,7 +600,7 @@ class _EpochGradStats:
             row[f"raw_w_{task}"] = float(self.raw[i] / n)
             row[f"w_{task}"] = float(self.weights[i] / n)
             row[f"smooth_w_{task}"] = float(self.smooth[i] / n) if self.has_smooth else ""
-        row["cos_rul_health"] = self.cos / s if s else ""
+        row["cos_rul_health"] = float(self.cos) / s if s else ""
         return row
 
 

@@ -30,21 +30,22 @@ class StepGrads:
     """What one balanced backward produced, for the trainer's statistics and guards.
 
     ``finite`` is False when a task gradient held NaN/Inf: nothing was written to
-    ``.grad`` and the balancer's state was not touched.
+    ``.grad`` and the balancer's state was not touched. With ``check_finite=False`` it is
+    a 0-d bool tensor instead, and that promise is the caller's to keep.
     """
 
-    finite: bool
+    finite: bool | Tensor
     combination: Combination | None = None
     task_norms: Tensor | None = None  # (K,) L2 norms of each task's shared gradient
-    cosine: float | None = None  # mean pairwise cosine between task gradients
+    cosine: Tensor | None = None  # 0-d: mean pairwise cosine between task gradients
 
 
-def _pairwise_cosine(matrix: Tensor, norms: Tensor) -> float:
+def _pairwise_cosine(matrix: Tensor, norms: Tensor) -> Tensor:
     """Mean off-diagonal cosine from the Gram matrix (no normalised copy of ``matrix``)."""
     gram = matrix @ matrix.T
     cos = gram / (norms[:, None] * norms[None, :]).clamp_min(1e-24)
     k = matrix.shape[0]
-    return float((cos.sum() - cos.diagonal().sum()) / (k * (k - 1)))
+    return (cos.sum() - cos.diagonal().sum()) / (k * (k - 1))
 
 
 def balance_backward(
@@ -58,6 +59,7 @@ def balance_backward(
     last_layer_params: int = 0,
     want_task_grads: bool = False,
     scale: float = 1.0,
+    check_finite: bool = True,
 ) -> StepGrads:
     """Compute gradients of the K task ``losses`` as ``balancer`` decides and fill ``.grad``.
 
@@ -72,6 +74,12 @@ def balance_backward(
     K passes through the heads plus one through the backbone for
     ``grad_source="representation"``. The balancer's weights are always detached: a
     learnable balancer trains only through its ``auxiliary_loss``.
+
+    ``check_finite=False`` removes the one host synchronisation here: a non-finite task
+    gradient no longer stops the call, ``finite`` is returned as a 0-d bool tensor, and the
+    balancer and ``.grad`` may have seen the non-finite values. The caller then checks
+    ``finite`` with its own step check and, when it skips the step, restores the balancer's
+    state and clears ``.grad`` (the trainer does).
     """
     if grad_source not in GRAD_SOURCES:
         raise ValueError(f"grad_source must be 'params' or 'representation' (got {grad_source!r})")
@@ -111,8 +119,11 @@ def balance_backward(
                 used[j] = True
         head_grads.append(got[n:])
 
-    if not torch.isfinite(matrix).all():
-        return StepGrads(finite=False)
+    finite = torch.isfinite(matrix).all()
+    if check_finite:
+        if not finite:
+            return StepGrads(finite=False)
+        finite = True
     true = matrix / scale if scale != 1.0 else matrix
     if grad_source == "representation" or not last_layer_params:
         last = slice(0, true.shape[1])
@@ -141,5 +152,5 @@ def balance_backward(
         (aux * scale).backward()
     norms = true.norm(dim=1)
     return StepGrads(
-        finite=True, combination=comb, task_norms=norms, cosine=_pairwise_cosine(true, norms)
+        finite=finite, combination=comb, task_norms=norms, cosine=_pairwise_cosine(true, norms)
     )

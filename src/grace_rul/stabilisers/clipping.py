@@ -2,10 +2,13 @@
 
 Per batch, after ``backward`` (and after ``Precision.unscale_``), before ``optimizer.step()``::
 
-    norm = clipper.clip(model.parameters())     # pre-clip joint L2 norm
+    norm = clipper.clip(model.parameters())     # pre-clip joint L2 norm, a 0-d tensor
     ...
     summary = clipper.epoch_summary()           # once per epoch; resets the epoch counters
     if summary["hint"]: print(summary["hint"])
+
+``clip`` does not synchronise with the device: the per-step norms stay there until
+``epoch_summary`` (or ``state_dict``) reads them back, all in one transfer.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class GradClipper:
     ``mode="norm"``: rescale all gradients together so their joint L2 norm is at most
     ``max_norm`` (direction preserved; ``torch.nn.utils.clip_grad_norm_``). ``mode="value"``:
     clamp each element to ``[-max_norm, max_norm]`` (``clip_grad_value_``; changes direction).
-    Either way ``clip`` returns the pre-clip joint L2 norm, and a step counts as clipped when the
+    Either way ``clip`` returns the pre-clip joint L2 norm (a 0-d tensor on the gradients'
+    device, like ``clip_grad_norm_``), and a step counts as clipped when the
     threshold bit (norm mode: joint norm > max_norm; value mode: some |element| > max_norm).
     ``max_norm=0`` turns clipping off: the pre-clip norm is still recorded, no step counts as
     clipped and the band monitor stays silent.
@@ -86,6 +90,7 @@ class GradClipper:
         self.patience = int(patience)
         self.target = float(target)
         # current epoch
+        self._pending: list[tuple[Tensor, Tensor]] = []  # (norm, level) not yet read back
         self._norms: list[float] = []
         self._clipped: list[bool] = []
         self._levels: list[float] = []  # what the threshold is compared with, per step
@@ -99,41 +104,43 @@ class GradClipper:
 
     # -- per batch -------------------------------------------------------------------------
     @torch.no_grad()
-    def clip(self, params: Iterable[Tensor] | Tensor) -> float:
+    def clip(self, params: Iterable[Tensor] | Tensor) -> Tensor:
         """Clip the gradients of ``params`` in place; return their pre-clip joint L2 norm.
 
-        Parameters without a gradient are ignored (0.0 and nothing recorded if none has one).
-        A non-finite norm is returned and counted but kept out of the statistics; guard against
-        it first with ``NonFiniteGuard.check_grads``.
+        The norm is a 0-d tensor on the gradients' device: nothing here waits for the device.
+        Parameters without a gradient are ignored (a zero and nothing recorded if none has
+        one). A non-finite norm is returned and counted but kept out of the statistics; guard
+        against it first with ``NonFiniteGuard.check_grads``.
         """
         params = list(params) if not isinstance(params, Tensor) else [params]
         grads = _grads(params)
         if not grads:
-            return 0.0
+            return torch.zeros(())
         if self.max_norm == 0:  # clipping off: only measure
-            norm = level = float(_joint_norm(grads))
+            norm = level = _joint_norm(grads)
+        elif self.mode == "norm":
+            norm = level = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=2.0)
+        else:
+            norm = _joint_norm(grads)
+            peaks = torch._foreach_norm(grads, float("inf"))
+            level = torch.stack([p.to(grads[0].device) for p in peaks]).max()
+            torch.nn.utils.clip_grad_value_(params, self.max_norm)
+        self._pending.append((norm, level))
+        return norm
+
+    def _read_back(self) -> None:
+        """Move the pending per-step norms to the host (one transfer) into the statistics."""
+        if not self._pending:
+            return
+        values = torch.stack([v.double() for pair in self._pending for v in pair]).tolist()
+        self._pending = []
+        for norm, level in zip(values[0::2], values[1::2]):
             if math.isfinite(norm):
                 self._norms.append(norm)
                 self._levels.append(level)
-                self._clipped.append(False)
+                self._clipped.append(self.max_norm > 0 and level > self.max_norm)
             else:
                 self._nonfinite += 1
-            return norm
-        if self.mode == "norm":
-            total = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=2.0)
-            norm = level = float(total)
-        else:
-            norm = float(_joint_norm(grads))
-            peaks = torch._foreach_norm(grads, float("inf"))
-            level = float(torch.stack([p.to(grads[0].device) for p in peaks]).max())
-            torch.nn.utils.clip_grad_value_(params, self.max_norm)
-        if math.isfinite(norm):
-            self._norms.append(norm)
-            self._levels.append(level)
-            self._clipped.append(level > self.max_norm)
-        else:
-            self._nonfinite += 1
-        return norm
 
     # -- per epoch -------------------------------------------------------------------------
     def epoch_summary(self) -> dict[str, Any]:
@@ -143,6 +150,7 @@ class GradClipper:
         steps / steps), ``steps``, ``nonfinite`` (steps with a non-finite norm, not in the
         statistics) and ``hint`` (``None``, or the one-off band hint, also logged at WARNING).
         """
+        self._read_back()
         norms = np.asarray(self._norms, dtype=np.float64)
         steps = int(norms.size)
         n_clipped = int(sum(self._clipped))
@@ -198,6 +206,7 @@ class GradClipper:
     # -- persistence -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters, band-monitor window and the hinted flag, for resume."""
+        self._read_back()
         return {
             "max_norm": self.max_norm,
             "mode": self.mode,
@@ -214,6 +223,7 @@ class GradClipper:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counters; ``max_norm``/``mode`` stay as constructed (current config wins)."""
+        self._pending = []
         self._norms = [float(x) for x in state["norms"]]
         self._levels = [float(x) for x in state["levels"]]
         self._clipped = [bool(x) for x in state["clipped"]]

@@ -2,15 +2,15 @@
 
 Per batch::
 
-    ok = guard.check_loss(torch.stack([l_rul, l_health]), ("rul", "health"))
-    if ok:
-        ...backward...; precision.unscale_(opt)
-        ok = guard.check_grads(model.parameters())
-    if ok:
+    ...backward...; precision.unscale_(opt)
+    if guard.check_step(losses, model.parameters(), ("rul", "health")):  # one host sync
         ...clip, optimizer step, EMA update...; guard.record_good()
     else:
         guard.record_bad(epoch, batch, guard.last_problem)  # zero the grads, skip the step
-    spikes.update(float(total_loss), epoch, batch)
+    spikes.update(float(total_loss), epoch, batch)  # may run later, e.g. once per epoch
+
+``check_loss`` (before backward) and ``check_grads`` (after it) are the same checks one at
+a time, each with its own host synchronisation.
 """
 
 from __future__ import annotations
@@ -69,16 +69,37 @@ class NonFiniteGuard:
         Uses the per-tensor max-abs (inf-norm), which propagates NaN/Inf but cannot overflow
         the way a sum of squares of large finite values would. Call after ``unscale_``.
         """
-        if isinstance(params, Tensor):
-            params = [params]
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return True
-        peaks = torch._foreach_norm(grads, float("inf"))
-        device = grads[0].device
-        if bool(torch.isfinite(torch.stack([p.to(device) for p in peaks])).all()):
+        finite = _grads_finite(params)
+        if finite is None or bool(finite):
             return True
         self.last_problem = "gradients"
+        return False
+
+    @torch.no_grad()
+    def check_step(
+        self,
+        losses: Tensor,
+        params: Iterable[Tensor] | Tensor,
+        names: Sequence[str] | None = None,
+        *,
+        also: Tensor | bool = True,
+    ) -> bool:
+        """``check_loss`` and ``check_grads`` with one host synchronisation: True when the step
+        may be applied (every loss and gradient element finite, and ``also`` true).
+
+        Everything stays on the device until the one ``bool`` (like ``GradScaler``), so it runs
+        after backward and ``unscale_``. ``also`` is a further 0-d bool tensor, such as the
+        engine's ``StepGrads.finite``. On False, ``last_problem`` names the non-finite losses
+        (as ``check_loss``) or else says ``"gradients"``.
+        """
+        ok = torch.isfinite(losses.detach()).all() & also
+        grads = _grads_finite(params)
+        if grads is not None:
+            ok = ok & grads.to(ok.device)
+        if bool(ok):
+            return True
+        if self.check_loss(losses, names):
+            self.last_problem = "gradients"
         return False
 
     def record_bad(self, epoch: int, batch: int, what: str) -> None:
@@ -124,6 +145,18 @@ class NonFiniteGuard:
         self.consecutive = int(state["consecutive"])
         self.first_bad = tuple(state["first_bad"]) if state["first_bad"] is not None else None
         self.last_bad = tuple(state["last_bad"]) if state["last_bad"] is not None else None
+
+
+def _grads_finite(params: Iterable[Tensor] | Tensor) -> Tensor | None:
+    """0-d bool tensor: every gradient element of ``params`` is finite (None: no gradients)."""
+    if isinstance(params, Tensor):
+        params = [params]
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    peaks = torch._foreach_norm(grads, float("inf"))
+    device = grads[0].device
+    return torch.isfinite(torch.stack([p.to(device) for p in peaks])).all()
 
 
 class SpikeDetector:

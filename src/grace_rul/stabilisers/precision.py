@@ -131,8 +131,17 @@ class Precision:
 
     def backoff(self) -> None:
         """Shrink the loss scale after a step skipped for non-finite gradients (fp16 only)."""
+        self.skip(overflow=True)
+
+    def skip(self, *, overflow: bool) -> None:
+        """End a step skipped after ``unscale_`` (fp16 only; nothing to do otherwise).
+
+        ``overflow``: the gradients were non-finite, so the loss scale shrinks. A step skipped
+        for a non-finite loss keeps the scale (scaling did not cause it).
+        """
         if self.scaler is not None:
-            self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+            scale = self.scaler.get_scale()
+            self.scaler.update(scale * self.scaler.get_backoff_factor() if overflow else scale)
 
     def state_dict(self) -> dict[str, Any]:
         """Mode and scaler state for resume."""
