@@ -19,11 +19,13 @@ from grace_rul.balancers.registry import register
 
 
 def inverse_norm_weights(norms: Tensor, eps: float = 1e-12) -> Tensor:
-    """lambda_i ∝ 1/g_i on the simplex; uniform when any norm is non-finite."""
-    if not torch.isfinite(norms).all():
-        return torch.full_like(norms, 1.0 / norms.numel())
+    """lambda_i ∝ 1/g_i on the simplex; uniform when any norm is non-finite.
+
+    Chosen on the device (``torch.where``), so the host never waits for the norms.
+    """
     inv = 1.0 / norms.clamp_min(eps)
-    return inv / inv.sum()
+    uniform = torch.full_like(norms, 1.0 / norms.numel())
+    return torch.where(torch.isfinite(norms).all(), inv / inv.sum(), uniform)
 
 
 def apply_floor(weights: Tensor, floor: float) -> Tensor:
@@ -61,10 +63,10 @@ class GABA(Balancer):
         raw = inverse_norm_weights(grads.norms().to(self.smoothed.dtype))
         self.smoothed.mul_(self.beta).add_(raw, alpha=1.0 - self.beta)
         self.step += 1
-        if int(self.step) <= self.warmup_steps:
-            weights = self.uniform(self.smoothed)
-        else:
-            weights = apply_floor(self.smoothed, self.floor)
+        warm = self.step <= self.warmup_steps  # a device flag: no host sync
+        weights = torch.where(
+            warm, self.uniform(self.smoothed), apply_floor(self.smoothed, self.floor)
+        )
         return Combination(weights=weights, raw=raw, smoothed=self.smoothed.clone())
 
     def describe(self) -> dict[str, float]:
