@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from grace_rul.checkpoint import atomic_write_text
-from grace_rul.config import Execution, resolve_config
+from grace_rul.config import DEFAULT_PRESET, Execution, resolve_config
 from grace_rul.experiments.grid import read_grid
 from grace_rul.experiments.significance import compare, power_note
 from grace_rul.experiments.sweep import run_sweep
@@ -54,10 +54,12 @@ ABLATION_DATASET, ABLATION_BALANCER = "FD002", "gaba"
 BOTH_OFF = "clip=0 ema_decay=0"
 # Process CPU seconds of one training epoch with `equal` (1 thread), per preset and subset:
 # small/FD001 from the README's measurement (28 epochs of gaba in 2 min 42 s on 2 threads,
-# /1.6 for equal), FD002 x 2.6 (its training windows); paper = small x 11 (the bench ratio).
+# /1.6 for equal), FD002 x 2.6 (its training windows); default = small x 4/3 (40-cycle
+# windows instead of 30); paper = small x 11 (the bench ratio).
 EPOCH_CPU_S = {
     "tiny": {"FD001": 0.6, "FD002": 1.6},
     "small": {"FD001": 7.3, "FD002": 19.0},
+    "default": {"FD001": 9.7, "FD002": 25.3},
     "paper": {"FD001": 80.0, "FD002": 210.0},
 }
 # Step cost x equal (benchmarks/bench_balancers.py); loss-only methods 1.0, famo one
@@ -226,7 +228,9 @@ def tables(out: Path, preset: str, epochs, results: Path = RESULTS, readme: Path
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="small", help="model preset of every run (default small)")
+    ap.add_argument(
+        "--preset", default=DEFAULT_PRESET, help=f"preset of every run (default {DEFAULT_PRESET})"
+    )
     ap.add_argument("--epochs", type=int, help="epochs per run (default: fit the budget)")
     ap.add_argument("--budget-cpu-hours", type=float, default=8.0)
     ap.add_argument("--workers", type=int, default=2, help="cells in parallel (1 thread each)")
