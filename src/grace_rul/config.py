@@ -444,7 +444,8 @@ def add_setting_arguments(parser: argparse.ArgumentParser, aliases: tuple[str, .
     parser.add_argument(
         "--preset",
         choices=list(PRESETS),
-        help=f"base preset (default {DEFAULT_PRESET}; paper = the write-up's network)",
+        help=f"base preset (default: {DEFAULT_PRESET}, small over 40-cycle windows; "
+        "paper = the write-up's network)",
     )
     parser.add_argument("--config", help="YAML file with config overrides")
     parser.add_argument(
