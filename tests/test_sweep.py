@@ -11,7 +11,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -432,3 +435,54 @@ def test_summary_formatting_rules(tmp_path):
     assert st.loc["a", "rmse_text"] == "10.00 ± 0.00 (n=2)" and st.loc["b", "rmse_text"].startswith(
         "10.00"
     )
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_a_killed_sweep_takes_its_workers_with_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "grace_rul.cli", "sweep", "--datasets", "FD001",
+            "--balancers", "equal", "--seeds", "42", "--preset", "tiny", "--epochs", "50",
+            "--set", "data.window=10", "--threads", "1", "--out", str(sweep)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = sweep / "runs" / "FD001-equal-s42" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not history.is_file():
+        time.sleep(0.1)
+    assert history.is_file() and proc.poll() is None, "the cell did not start training"
+    workers = [
+        p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()
+    ]  # noqa: E501
+    assert workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    orphans = [p for p in workers if _alive(p)]
+    for pid in orphans:  # never leave one behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "a worker trains on after its sweep died"
+    rows = history.read_text().count("\n")
+    time.sleep(2)
+    assert history.read_text().count("\n") == rows  # nothing writes into the cell any more

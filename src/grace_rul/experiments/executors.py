@@ -11,8 +11,11 @@ before the function they run pulls torch in.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +28,7 @@ Outcome = dict[str, Any]
 CellFn = Callable[[Any], Outcome]
 
 RAY_MISSING = "ray is not installed: pip install 'grace-rul[ray]'"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def threads_per_cell(workers: int, cpu_count: int | None = None) -> int:
@@ -42,11 +46,21 @@ def crash_outcome(exc: BaseException) -> Outcome:
     }
 
 
-def _limit_threads(threads: int) -> None:
-    # Runs first in every spawned worker, before torch is imported there: BLAS/OpenMP
-    # pools read these once at start-up.
+def _init_worker(threads: int, sweep_pid: int) -> None:
+    """First code in every spawned worker: its thread environment, and its tie to the sweep.
+
+    BLAS/OpenMP pools read the thread variables once at start-up, so this runs before torch
+    is imported. A sweep killed outright (SIGTERM, SIGKILL) never shuts its pool down, and
+    its workers would train on, writing into cells a restarted sweep runs again; on Linux
+    the kernel now sends the worker SIGTERM when the sweep process dies.
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != sweep_pid:  # it died before the line above took effect
+            os._exit(1)
 
 
 class CellExecutor:
@@ -97,8 +111,8 @@ class LocalExecutor(CellExecutor):
         return cf.ProcessPoolExecutor(
             max_workers=self.slots,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_limit_threads,
-            initargs=(self.threads,),
+            initializer=_init_worker,
+            initargs=(self.threads, os.getpid()),
         )
 
     def submit(self, fn: CellFn, task: Any) -> cf.Future:
