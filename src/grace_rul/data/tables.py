@@ -353,21 +353,32 @@ def _number_units(frame: pd.DataFrame, name: str, source: Path) -> tuple[pd.Data
     Numeric ids (or numbers written as text) are left for the whole-number checks. A
     blank id is refused.
     """
-    if name not in frame.columns:
+    if name not in frame.columns or isinstance(frame[name], pd.DataFrame):
         return frame, None
-    column = frame[name]
-    if isinstance(column, pd.DataFrame) or pd.api.types.is_numeric_dtype(column.dtype):
+    labels, blank = text_unit_ids(frame[name])
+    if blank is not None:
+        raise GraceError(f"{source}: missing unit id in column '{name}' at data row {blank + 1}")
+    if labels is None:
         return frame, None
+    text = frame[name].astype(str).str.strip()
+    codes = pd.Categorical(text, categories=labels).codes.astype(np.int64) + 1
+    return frame.assign(**{name: codes}), labels
+
+
+def text_unit_ids(column: pd.Series) -> tuple[list[str] | None, int | None]:
+    """The sorted unit ids when a unit column holds text (``None`` for numbers, or numbers
+    written as text), and the position of the first blank id (``None`` if there is none)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(object)
+    if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        return None, None
     text = column.astype(str).str.strip()
     blank = column.isna().to_numpy() | (text == "").to_numpy()
     if blank.any():
-        row = int(np.flatnonzero(blank)[0])
-        raise GraceError(f"{source}: missing unit id in column '{name}' at data row {row + 1}")
+        return None, int(np.flatnonzero(blank)[0])
     if pd.to_numeric(text, errors="coerce").notna().all():
-        return frame, None
-    labels = sorted(set(text))
-    codes = pd.Categorical(text, categories=labels).codes.astype(np.int64) + 1
-    return frame.assign(**{name: codes}), labels
+        return None, None
+    return sorted(set(text)), None
 
 
 def _no_nan(frame: pd.DataFrame, name: str, source: Path, order: np.ndarray | None) -> None:

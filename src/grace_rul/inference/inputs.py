@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from grace_rul.data.cmapss import COLUMNS, SETTINGS
+from grace_rul.data.tables import text_unit_ids
 from grace_rul.errors import GraceError
 
 REQUIRED: tuple[str, ...] = ("unit", "cycle", *SETTINGS)
@@ -253,17 +254,10 @@ def _unit_labels(column: pd.Series, source: str, at) -> list[str] | None:
     Ids such as ``ESN-1042`` are kept as labels: rows are grouped by the label and the
     output names each unit by it. A missing or blank id is refused.
     """
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        column = column.astype(object)
-    if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
-        return None
-    text = column.astype(str).str.strip()
-    missing = column.isna().to_numpy() | (text == "").to_numpy()
-    if missing.any():
-        raise GraceError(f"{source}: missing unit id at {at(int(np.flatnonzero(missing)[0]))}")
-    if pd.to_numeric(text, errors="coerce").notna().all():
-        return None  # numbers written as text: the numeric checks below apply
-    return sorted(set(text))
+    labels, blank = text_unit_ids(column)
+    if blank is not None:
+        raise GraceError(f"{source}: missing unit id at {at(blank)}")
+    return labels
 
 
 def _canonical(frame: Any, unit: str, time: str) -> Any:
