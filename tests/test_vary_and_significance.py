@@ -332,3 +332,33 @@ def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
     epochs = review.epochs_for("small", 8.0)
     assert review.cpu_seconds("small", epochs) <= 8 * 3600 < review.cpu_seconds("small", epochs + 1)
     assert sum(n for _, _, n in review.plan("small")) == 150
+
+
+def test_selection_script_pairs_the_accuracy_runs_with_select_all(tmp_path, monkeypatch):
+    import importlib.util
+
+    benchmarks = Path(__file__).parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    spec = importlib.util.spec_from_file_location("selection", benchmarks / "selection.py")
+    selection = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(selection)
+    seeds = [1, 2, 3]
+    # the accuracy grid also holds FD003, which the comparison leaves out
+    last = {(d, f"gaba-s{s}"): 15.0 + s for d in ("FD001", "FD002", "FD003") for s in seeds}
+    _write_sweep(tmp_path / "last", ["gaba"], seeds, {}, last)
+    alls = {(d, f"gaba-s{s}"): 15.0 + s + (0.5 if d == "FD001" else -s) for d in ("FD001", "FD002")
+            for s in seeds}  # fmt: skip
+    _write_sweep(tmp_path / "all", ["gaba"], seeds, {}, alls)
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- selection:start -->\n<!-- selection:end -->\nb\n")
+    csv_path = tmp_path / "selection.csv"
+    selection.tables(tmp_path / "last", tmp_path / "all", "up to 2", csv_path, readme)
+    df = pd.read_csv(csv_path).set_index(["method", "subset"])
+    methods = ("select=last", "select=all")
+    assert set(df.index) == {(m, d) for m in methods for d in ("FD001", "FD002")}
+    assert df.loc[("select=all", "FD001"), "d_rmse"] == pytest.approx(0.5)
+    assert df.loc[("select=all", "FD002"), "d_rmse"] == pytest.approx(-2.0)
+    assert df.loc[("select=all", "FD002"), "baseline"] == "select=last"
+    text = readme.read_text()
+    assert "| select=all | 17.50 ± 1.00 (n=3) | +0.50 [+0.50, +0.50] | 0.25 |" in text
+    assert "up to 2 epochs per run" in text

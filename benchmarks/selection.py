@@ -1,0 +1,84 @@
+"""Which validation score should select the checkpoint? ``train.select=last`` against ``all``.
+
+    nohup python benchmarks/selection.py > selection.log 2>&1 &   # trains the select=all runs
+    python benchmarks/selection.py --table-only                    # rewrite CSV + README table
+
+The ``select=last`` runs are the accuracy grid's (``runs/accuracy-default``, made by
+``benchmarks/accuracy.py``): the default preset, ``gaba``, seeds 42 123 456 789 1024. This
+script trains the same cells on FD001 and FD002 with only ``train.select=all`` changed, as a
+resumable sweep in ``runs/selection-all``, then pairs the two by seed (same split, same
+initialisation) and writes ``benchmarks/results/selection.csv`` - per selection and subset
+the test RMSE mean ± std, and for ``all`` the mean paired difference against ``last`` with
+its 95 % t-interval and the Wilcoxon signed-rank p - and the README table between the
+``selection:start`` / ``selection:end`` markers from that CSV. The test set is scored once
+per finished run; here it compares two finished recipes and chooses nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from grace_rul.config import DEFAULT_PRESET, Execution, resolve_config
+from grace_rul.experiments.sweep import run_sweep
+from grace_rul.experiments.tables import collect_results
+from readme_tables import README, replace_section
+from review import SEEDS, markdown, read_csv, summary_rows, write_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "selection.csv"
+DATASETS = ["FD001", "FD002"]
+LAST, ALL = "select=last", "select=all"
+
+
+def frame(last_dir: Path, all_dir: Path) -> pd.DataFrame:
+    """Both selections' results as one table whose rows are labelled by the selection."""
+    frames = []
+    for label, sweep in ((LAST, last_dir), (ALL, all_dir)):
+        if (sweep / "sweep.yaml").is_file():
+            df = collect_results(sweep, write=False)
+            frames.append(df[df["dataset"].isin(DATASETS)].assign(balancer=label, variant=""))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def tables(
+    last_dir: Path, all_dir: Path, epochs, results: Path = RESULTS, readme: Path = README
+) -> None:
+    """The CSV from both sweeps (kept as it is when neither exists), then the README table."""
+    df = frame(last_dir, all_dir)
+    if not df.empty:
+        write_csv(results, summary_rows("selection", df, LAST, DEFAULT_PRESET, epochs))
+    replace_section("selection", markdown(read_csv(results), LAST), readme)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2, help="cells in parallel (1 thread each)")
+    ap.add_argument("--last", type=Path, default=ROOT / "runs" / f"accuracy-{DEFAULT_PRESET}",
+                    help="the accuracy grid's sweep directory (the select=last runs)")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "selection-all")
+    ap.add_argument("--table-only", action="store_true", help="only rewrite the CSV and README")
+    args = ap.parse_args(argv)
+    epochs = resolve_config(DEFAULT_PRESET).train.epochs
+    if not args.table_only:
+        run_sweep(
+            args.out,
+            DATASETS,
+            ["gaba"],
+            SEEDS,
+            preset=DEFAULT_PRESET,
+            overrides={"train": {"select": "all"}},
+            execution=Execution(threads=1),
+            workers=args.workers,
+            extend=True,
+            progress=sys.stderr.isatty(),
+        )
+    tables(args.last, args.out, f"up to {epochs}")
+    print(f"wrote {RESULTS} and the README table")
+
+
+if __name__ == "__main__":
+    main()
