@@ -4,23 +4,31 @@
     nohup python benchmarks/review.py > review.log 2>&1 &  # train (resumable), then tables
     python benchmarks/review.py --table-only               # rewrite CSVs + README tables
 
-Three resumable ``grace sweep`` directories under ``--out`` (default ``runs/review``):
+Resumable ``grace sweep`` directories under ``--out`` (default ``runs/review``), one per
+subset because each subset has its own epoch budget:
 
-* ``balancers``: FD001, FD002 x equal, gaba, grace, uncertainty, dwa, pcgrad, cagrad, imtl,
-  dbmtl, famo, nashmtl, alignedmtl x seeds 42 123 456 789 1024;
-* ``single-task``: the same subsets and seeds with ``fixed`` weights [1, 0] (RUL only:
-  does the health task help RUL at all?);
+* ``balancers-FD001``, ``balancers-FD002``: equal, gaba, grace, uncertainty, dwa, pcgrad,
+  cagrad, imtl, dbmtl, famo, nashmtl, alignedmtl x seeds 42 123 456 789 1024;
+* ``single-task-FD001``, ``single-task-FD002``: the same seeds with ``fixed`` weights
+  [1, 0] (RUL only: does the health task help RUL at all?);
 * ``stabilisers``: FD002 x gaba x seeds x ``--vary train.clip=0,C --vary
   train.ema_decay=0,D`` (C, D: the preset's clip threshold and EMA decay; 0 turns each off).
 
-Every cell trains ``--epochs`` epochs (the per-run budget; early stopping still applies),
-chosen by default so that the whole grid fits ``--budget-cpu-hours`` (8) of process CPU
-time - the estimate is printed first. Started again, each sweep skips finished cells and
-resumes interrupted ones. Then it writes ``benchmarks/results/balancers.csv`` and
-``stabilisers.csv`` (per method and subset: seed mean ± std, the mean paired difference
-against the baseline with its 95 % t-interval and the Wilcoxon signed-rank p; baselines
-``equal`` and both stabilisers off) and regenerates the README tables between the
-``review-balancers`` / ``review-stabilisers`` markers from those CSVs.
+The per-run budget (``train.epochs``; early stopping still applies) is set per subset from
+the accuracy grid's runs of the same preset (``benchmarks/results/accuracy.csv``): each
+subset gets the median epoch its validation score peaked at, all scaled down together
+until the grid's estimate fits ``--budget-cpu-hours`` (8) of process CPU time. The
+estimate uses the CPU seconds per epoch those runs measured (gaba, 1 thread, 2 workers
+on 2 cores), divided by gaba's step cost to get ``equal``'s. ``--epochs N`` sets every
+subset to N instead; a preset with no accuracy runs fits one epoch count for all subsets
+with the constants below. The plan is printed first. Started again, each sweep skips
+finished cells, resumes interrupted ones and keeps the epochs it was started with (rounding
+may overshoot the budget by a few percent: the estimate says by how much). Then it writes
+``benchmarks/results/balancers.csv`` and ``stabilisers.csv`` (per method and subset: seed
+mean ± std, the mean paired difference against the baseline with its 95 % t-interval and
+the Wilcoxon signed-rank p; baselines ``equal`` and both stabilisers off) and regenerates
+the README tables between the ``review-balancers`` / ``review-stabilisers`` markers from
+those CSVs.
 """
 
 from __future__ import annotations
@@ -52,10 +60,11 @@ BALANCERS = ["equal", "gaba", "grace", "uncertainty", "dwa", "pcgrad", "cagrad",
 SINGLE_TASK = "single-task (fixed [1, 0])"
 ABLATION_DATASET, ABLATION_BALANCER = "FD002", "gaba"
 BOTH_OFF = "clip=0 ema_decay=0"
-# Process CPU seconds of one training epoch with `equal` (1 thread), per preset and subset:
-# small/FD001 from the README's measurement (28 epochs of gaba in 2 min 42 s on 2 threads,
-# /1.6 for equal), FD002 x 2.6 (its training windows); default = small x 4/3 (40-cycle
-# windows instead of 30); paper = small x 11 (the bench ratio).
+ACCURACY = RESULTS / "accuracy.csv"
+# Fallback when accuracy.csv has no runs of the preset: process CPU seconds of one training
+# epoch with `equal` (1 thread), per preset and subset. small/FD001 from the README's
+# measurement (28 epochs of gaba in 2 min 42 s on 2 threads, /1.6 for equal), FD002 x 2.6
+# (its training windows); default = small x 4/3 (40-cycle windows); paper = small x 11.
 EPOCH_CPU_S = {
     "tiny": {"FD001": 0.6, "FD002": 1.6},
     "small": {"FD001": 7.3, "FD002": 19.0},
@@ -80,39 +89,84 @@ def plan(preset: str) -> list[tuple[str, str, int]]:
     return groups
 
 
-def cpu_seconds(preset: str, epochs: int) -> float:
-    """Estimated process CPU seconds of the whole grid at ``epochs`` epochs per run."""
-    per_epoch = EPOCH_CPU_S.get(preset, EPOCH_CPU_S["paper"])
+def accuracy_runs(preset: str, path: Path = ACCURACY) -> pd.DataFrame:
+    """The accuracy grid's finished single runs of ``preset`` on the review's subsets."""
+    if not path.is_file():
+        return pd.DataFrame()
+    df = pd.read_csv(path)
+    df = df[(df["kind"] == "single") & (df["preset"] == preset) & df["subset"].isin(DATASETS)]
+    return df if set(df["subset"]) == set(DATASETS) else pd.DataFrame()
+
+
+def epoch_cpu_s(preset: str, path: Path = ACCURACY) -> dict[str, float]:
+    """CPU seconds of one ``equal`` epoch per subset: measured where the accuracy grid has
+    runs of ``preset`` (their CPU seconds per epoch / gaba's step cost), else the constants."""
+    runs = accuracy_runs(preset, path)
+    if runs.empty:
+        return EPOCH_CPU_S.get(preset, EPOCH_CPU_S["paper"])
+    per_epoch = (runs["cpu_seconds"] / runs["epochs_run"]).groupby(runs["subset"]).mean()
+    return {d: float(per_epoch[d]) / COST.get("gaba", GRADIENT_COST) for d in DATASETS}
+
+
+def cpu_seconds(preset: str, epochs: dict[str, int], path: Path = ACCURACY) -> float:
+    """Estimated process CPU seconds of the whole grid at ``epochs[subset]`` per run."""
+    per_epoch = epoch_cpu_s(preset, path)
     return sum(
-        runs * epochs * per_epoch[d] * COST.get(m, GRADIENT_COST) for d, m, runs in plan(preset)
+        runs * epochs[d] * per_epoch[d] * COST.get(m, GRADIENT_COST) for d, m, runs in plan(preset)
     )
 
 
-def epochs_for(preset: str, budget_hours: float) -> int:
-    """The most epochs per run whose estimated grid fits ``budget_hours`` CPU hours."""
-    per_epoch = cpu_seconds(preset, 1)
-    return max(1, int(budget_hours * 3600 // per_epoch))
+def epochs_for(preset: str, budget_hours: float, path: Path = ACCURACY) -> dict[str, int]:
+    """Epochs per run for each subset: the accuracy runs' median best epoch, scaled down
+    together to fit ``budget_hours``; without such runs the most uniform epochs that fit."""
+    budget = budget_hours * 3600
+    runs = accuracy_runs(preset, path)
+    if runs.empty:
+        per_epoch = cpu_seconds(preset, dict.fromkeys(DATASETS, 1), path)
+        return dict.fromkeys(DATASETS, max(1, int(budget // per_epoch)))
+    best = runs.groupby("subset")["best_epoch"].median()
+    want = {d: float(best[d]) for d in DATASETS}
+    scale = min(1.0, budget / cpu_seconds(preset, want, path))
+    return {d: max(1, round(want[d] * scale)) for d in DATASETS}
 
 
-def sweeps(out: Path, preset: str, epochs: int) -> list[dict]:
-    """The three ``run_sweep`` calls of the grid."""
+def _kept_epochs(out_dir: Path, epochs: int) -> int:
+    """The epochs a sweep was started with (a resumed grid keeps its budget)."""
+    if (out_dir / "sweep.yaml").exists():
+        return int(read_grid(out_dir).overrides["train"]["epochs"])
+    return epochs
+
+
+def sweeps(out: Path, preset: str, epochs: dict[str, int]) -> list[dict]:
+    """The ``run_sweep`` calls of the grid: per subset the balancers and the single-task
+    run, then the stabiliser ablation."""
     base = resolve_config(preset).train
-    train = {"train": {"epochs": epochs}}
     common = dict(seeds=SEEDS, preset=preset)
-    return [
-        dict(out_dir=out / "balancers", datasets=DATASETS, balancers=BALANCERS,
-             overrides=train, **common),
-        dict(out_dir=out / "single-task", datasets=DATASETS, balancers=["fixed"],
-             overrides={**train, "balancer": {"options": {"weights": [1, 0]}}}, **common),
-        dict(out_dir=out / "stabilisers", datasets=[ABLATION_DATASET],
-             balancers=[ABLATION_BALANCER], overrides=train,
-             vary={"train.clip": [0.0, base.clip], "train.ema_decay": [0.0, base.ema_decay]},
-             **common),
-    ]  # fmt: skip
+    specs = []
+    for d in DATASETS:
+        for name, balancers, extra in (
+            ("balancers", BALANCERS, {}),
+            ("single-task", ["fixed"], {"balancer": {"options": {"weights": [1, 0]}}}),
+        ):
+            out_dir = out / f"{name}-{d}"
+            train = {"train": {"epochs": _kept_epochs(out_dir, epochs[d])}}
+            specs.append(dict(out_dir=out_dir, datasets=[d], balancers=balancers,
+                              overrides={**train, **extra}, **common))  # fmt: skip
+    out_dir = out / "stabilisers"
+    train = {"train": {"epochs": _kept_epochs(out_dir, epochs[ABLATION_DATASET])}}
+    specs.append(dict(out_dir=out_dir, datasets=[ABLATION_DATASET],
+                      balancers=[ABLATION_BALANCER], overrides=train,
+                      vary={"train.clip": [0.0, base.clip],
+                            "train.ema_decay": [0.0, base.ema_decay]},
+                      **common))  # fmt: skip
+    return specs
 
 
-def summary_rows(table: str, df: pd.DataFrame, baseline: str, preset: str, epochs) -> list[dict]:
-    """CSV rows: per method and subset the seed statistics and the paired comparison."""
+def summary_rows(
+    table: str, df: pd.DataFrame, baseline: str, preset: str, epochs: dict[str, object]
+) -> list[dict]:
+    """CSV rows: per method and subset the seed statistics and the paired comparison
+    (``epochs``: the per-run budget of each subset, as the footnote states it)."""
     done = df[df["status"] == "done"].assign(label=row_labels(df))
     cmp_ = compare(df, baseline)
     cmp_ = cmp_[cmp_["metric"] == "rmse_last"].set_index(["method", "dataset"])
@@ -123,7 +177,7 @@ def summary_rows(table: str, df: pd.DataFrame, baseline: str, preset: str, epoch
             row = {"table": table, "method": label, "subset": d, "n": len(g),
                    "rmse_mean": g["rmse_last"].mean(), "rmse_std": g["rmse_last"].std(ddof=1),
                    "nasa_mean": g["nasa_score"].mean(), "nasa_std": g["nasa_score"].std(ddof=1),
-                   "baseline": "", "preset": preset, "epochs": epochs}  # fmt: skip
+                   "baseline": "", "preset": preset, "epochs": epochs[d]}  # fmt: skip
             if (label, d) in cmp_.index:
                 c = cmp_.loc[(label, d)]
                 row.update(baseline=c["baseline"], d_rmse=c["mean_diff"], ci_low=c["ci_low"],
@@ -133,25 +187,33 @@ def summary_rows(table: str, df: pd.DataFrame, baseline: str, preset: str, epoch
     return rows
 
 
-def collect(out: Path, preset: str, epochs) -> tuple[list[dict], list[dict]]:
+def _epochs(sweep: Path) -> dict[str, object]:
+    grid = read_grid(sweep)
+    return dict.fromkeys(grid.datasets, grid.overrides["train"]["epochs"])
+
+
+def collect(out: Path, preset: str) -> tuple[list[dict], list[dict]]:
     """The CSV rows of both tables from the sweep directories that exist."""
-    frames = []
-    if (out / "balancers" / "sweep.yaml").exists():
-        frames.append(collect_results(out / "balancers", write=False))
-    if (out / "single-task" / "sweep.yaml").exists():
-        single = collect_results(out / "single-task", write=False)
-        frames.append(single.assign(balancer=SINGLE_TASK))
+    frames, epochs = [], {}
+    for d in DATASETS:
+        for name, label in (("balancers", None), ("single-task", SINGLE_TASK)):
+            sweep = out / f"{name}-{d}"
+            if (sweep / "sweep.yaml").exists():
+                df = collect_results(sweep, write=False)
+                frames.append(df if label is None else df.assign(balancer=label))
+                epochs.update(_epochs(sweep))
     balancers = (
         summary_rows("balancers", pd.concat(frames, ignore_index=True), "equal", preset, epochs)
         if frames
         else []
     )
     stab = []
-    if (out / "stabilisers" / "sweep.yaml").exists():
-        df = collect_results(out / "stabilisers", write=False)
+    sweep = out / "stabilisers"
+    if (sweep / "sweep.yaml").exists():
+        df = collect_results(sweep, write=False)
         df = df.assign(balancer=df["variant"].where(df["variant"] != "", df["balancer"]),
                        variant="")  # fmt: skip
-        stab = summary_rows("stabilisers", df, BOTH_OFF, preset, epochs)
+        stab = summary_rows("stabilisers", df, BOTH_OFF, preset, _epochs(sweep))
     return balancers, stab
 
 
@@ -203,7 +265,10 @@ def markdown(rows: list[dict], baseline_name: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]
     seeds = max(int(_num(r.get("n")) or 0) for r in rows)
-    lines += ["", f"Preset `{first['preset']}`, {first['epochs']} epochs per run, seeds "
+    budget = ", ".join(
+        f"{s} {e}" for s, e in dict.fromkeys((r["subset"], r["epochs"]) for r in rows)
+    )
+    lines += ["", f"Preset `{first['preset']}`, epochs per run: {budget}; seeds "
               f"{' '.join(map(str, SEEDS))}; validation-selected. Δ: mean paired difference "
               f"(row − {baseline_name}, paired by seed), negative = better; bold: Wilcoxon "
               f"p < 0.05. {power_note(seeds)}"]  # fmt: skip
@@ -216,9 +281,9 @@ def write_readme(balancers: list[dict], stabilisers: list[dict], readme: Path = 
         replace_section(MARKERS[key], markdown(rows, base), readme)
 
 
-def tables(out: Path, preset: str, epochs, results: Path = RESULTS, readme: Path = README):
+def tables(out: Path, preset: str, results: Path = RESULTS, readme: Path = README) -> None:
     """Collect the sweeps into both CSVs, then the README tables from the CSVs."""
-    balancers, stab = collect(out, preset, epochs)
+    balancers, stab = collect(out, preset)
     results.mkdir(parents=True, exist_ok=True)
     write_csv(results / "balancers.csv", balancers)
     write_csv(results / "stabilisers.csv", stab)
@@ -231,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--preset", default=DEFAULT_PRESET, help=f"preset of every run (default {DEFAULT_PRESET})"
     )
-    ap.add_argument("--epochs", type=int, help="epochs per run (default: fit the budget)")
+    ap.add_argument("--epochs", type=int, help="epochs per run on every subset (default: "
+                    "each subset's median best epoch, scaled to fit the budget)")  # fmt: skip
     ap.add_argument("--budget-cpu-hours", type=float, default=8.0)
     ap.add_argument("--workers", type=int, default=2, help="cells in parallel (1 thread each)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (a GPU runs the grid)")
@@ -240,21 +306,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--table-only", action="store_true", help="only rewrite CSVs and README")
     args = ap.parse_args(argv)
     resolve_config(args.preset)  # an unknown preset is refused before anything starts
-    epochs = args.epochs or epochs_for(args.preset, args.budget_cpu_hours)
+    if args.epochs:
+        epochs = dict.fromkeys(DATASETS, args.epochs)
+    else:
+        epochs = epochs_for(args.preset, args.budget_cpu_hours)
     runs = sum(n for _, _, n in plan(args.preset))
     hours = cpu_seconds(args.preset, epochs) / 3600
-    print(f"{runs} runs, preset {args.preset}, {epochs} epochs each: about {hours:.1f} CPU hours "
-          f"({hours / max(args.workers, 1):.1f} h wall with {args.workers} workers x 1 thread); "
-          f"budget {args.budget_cpu_hours:g} CPU hours")  # fmt: skip
+    per_run = ", ".join(f"{d} {e}" for d, e in epochs.items())
+    print(f"{runs} runs, preset {args.preset}, epochs per run {per_run}: about {hours:.1f} CPU "
+          f"hours ({hours / max(args.workers, 1):.1f} h wall with {args.workers} workers x 1 "
+          f"thread); budget {args.budget_cpu_hours:g} CPU hours")  # fmt: skip
     if args.estimate:
         return
     if not args.table_only:
         exe = Execution(device=args.device, threads=1)
         for spec in sweeps(args.out, args.preset, epochs):
-            if (spec["out_dir"] / "sweep.yaml").exists():
-                epochs = int(read_grid(spec["out_dir"]).overrides["train"]["epochs"])
             run_sweep(**spec, execution=exe, workers=args.workers, progress=sys.stderr.isatty())
-    tables(args.out, args.preset, epochs)
+    tables(args.out, args.preset)
     print(f"wrote {RESULTS / 'balancers.csv'}, {RESULTS / 'stabilisers.csv'} and the README tables")
 
 

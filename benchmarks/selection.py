@@ -45,7 +45,11 @@ def frame(last_dir: Path, all_dir: Path) -> pd.DataFrame:
 
 
 def tables(
-    last_dir: Path, all_dir: Path, epochs, results: Path = RESULTS, readme: Path = README
+    last_dir: Path,
+    all_dir: Path,
+    epochs: dict[str, object],
+    results: Path = RESULTS,
+    readme: Path = README,
 ) -> None:
     """The CSV from both sweeps (kept as it is when neither exists), then the README table."""
     df = frame(last_dir, all_dir)
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             extend=True,
             progress=sys.stderr.isatty(),
         )
-    tables(args.last, args.out, f"up to {epochs}")
+    tables(args.last, args.out, dict.fromkeys(DATASETS, f"up to {epochs}"))
     print(f"wrote {RESULTS} and the README table")
 
 

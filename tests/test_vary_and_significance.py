@@ -292,20 +292,26 @@ def _write_sweep(sweep: Path, balancers, seeds, vary, values) -> None:
         (p / "metrics.json").write_text(json.dumps({"protocol": "val", "test": test}))
 
 
-def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
+def _load_benchmark(name: str, monkeypatch):
     import importlib.util
 
     benchmarks = Path(__file__).parent.parent / "benchmarks"
     monkeypatch.syspath_prepend(str(benchmarks))  # as when run as a script from there
-    spec = importlib.util.spec_from_file_location("review", benchmarks / "review.py")
-    review = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(review)
+    spec = importlib.util.spec_from_file_location(name, benchmarks / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
+    review = _load_benchmark("review", monkeypatch)
     out, seeds = tmp_path / "runs", [1, 2]
-    vals = {(d, f"{b}-s{s}"): 20.0 + s + (b == "gaba") for d in ("FD001", "FD002")
-            for b in ("equal", "gaba") for s in seeds}  # fmt: skip
-    _write_sweep(out / "balancers", ["equal", "gaba"], seeds, {}, vals)
-    single = {(d, f"fixed-s{s}"): 19.0 + s for d in ("FD001", "FD002") for s in seeds}
-    _write_sweep(out / "single-task", ["fixed"], seeds, {}, single)
+    for d in ("FD001", "FD002"):
+        vals = {(d, f"{b}-s{s}"): 20.0 + s + (b == "gaba") for b in ("equal", "gaba")
+                for s in seeds}  # fmt: skip
+        _write_sweep(out / f"balancers-{d}", ["equal", "gaba"], seeds, {}, vals)
+        single = {(d, f"fixed-s{s}"): 19.0 + s for s in seeds}
+        _write_sweep(out / f"single-task-{d}", ["fixed"], seeds, {}, single)
     stab = {("FD002", f"gaba-s{s}-clip={c}-ema_decay={e}"): 21.0 + s - 0.5 * (c != 0)
             for s in seeds for c in (0, 1) for e in (0, 0.999)}  # fmt: skip
     _write_sweep(out / "stabilisers", ["gaba"], seeds,
@@ -315,7 +321,7 @@ def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
         "intro\n<!-- review-balancers:start -->\nSTALE\n<!-- review-balancers:end -->\n"
         "mid\n<!-- review-stabilisers:start -->\n<!-- review-stabilisers:end -->\nend\n"
     )
-    review.tables(out, "tiny", 1, results=tmp_path / "results", readme=readme)
+    review.tables(out, "tiny", results=tmp_path / "results", readme=readme)
     rows = list(pd.read_csv(tmp_path / "results" / "balancers.csv").itertuples())
     gaba = [r for r in rows if r.method == "gaba" and r.subset == "FD001"][0]
     assert gaba.n == 2 and gaba.d_rmse == pytest.approx(1.0) and gaba.baseline == "equal"
@@ -328,20 +334,43 @@ def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
     assert "| gaba | 22.50 ± 0.71 (n=2) | +1.00 [+1.00, +1.00] | 0.5 |" in text
     assert "| clip=0 ema_decay=0 | 22.50 ± 0.71 (n=2) | baseline |  |" in text
     assert "Wilcoxon p" in text and "smallest two-sided Wilcoxon p" in text
-    # the budget arithmetic: the estimate at the chosen epochs fits the budget
-    epochs = review.epochs_for("small", 8.0)
-    assert review.cpu_seconds("small", epochs) <= 8 * 3600 < review.cpu_seconds("small", epochs + 1)
+    assert "epochs per run: FD001 1, FD002 1;" in text
+
+
+def test_review_budget_follows_the_accuracy_runs(tmp_path, monkeypatch):
+    review = _load_benchmark("review", monkeypatch)
     assert sum(n for _, _, n in review.plan("small")) == 150
+    # no accuracy runs of the preset: one epoch count from the constants, within the budget
+    none = tmp_path / "missing.csv"
+    uniform = review.epochs_for("small", 8.0, none)
+    assert len(set(uniform.values())) == 1
+    e = uniform["FD001"]
+    assert review.cpu_seconds("small", uniform, none) <= 8 * 3600
+    assert review.cpu_seconds("small", dict.fromkeys(uniform, e + 1), none) > 8 * 3600
+    # measured runs: CPU per epoch from them, epochs from their median best epoch
+    acc = tmp_path / "accuracy.csv"
+    pd.DataFrame(
+        [
+            {"kind": "single", "subset": "FD001", "preset": "small", "best_epoch": 18,
+             "epochs_run": 30, "cpu_seconds": 30 * 16.0},
+            {"kind": "single", "subset": "FD001", "preset": "small", "best_epoch": 14,
+             "epochs_run": 20, "cpu_seconds": 20 * 16.0},
+            {"kind": "single", "subset": "FD002", "preset": "small", "best_epoch": 6,
+             "epochs_run": 20, "cpu_seconds": 20 * 48.0},
+            {"kind": "ensemble", "subset": "FD002", "preset": "small", "best_epoch": 99,
+             "epochs_run": 99, "cpu_seconds": 1.0},
+        ]
+    ).to_csv(acc, index=False)  # fmt: skip
+    per_epoch = review.epoch_cpu_s("small", acc)
+    assert per_epoch == {"FD001": pytest.approx(10.0), "FD002": pytest.approx(30.0)}
+    assert review.epochs_for("small", 1000.0, acc) == {"FD001": 16, "FD002": 6}  # no scaling
+    tight = review.epochs_for("small", 2.0, acc)
+    assert tight["FD001"] > tight["FD002"] and tight["FD001"] < 16
+    assert review.cpu_seconds("small", tight, acc) == pytest.approx(2 * 3600, rel=0.2)
 
 
 def test_selection_script_pairs_the_accuracy_runs_with_select_all(tmp_path, monkeypatch):
-    import importlib.util
-
-    benchmarks = Path(__file__).parent.parent / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))
-    spec = importlib.util.spec_from_file_location("selection", benchmarks / "selection.py")
-    selection = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(selection)
+    selection = _load_benchmark("selection", monkeypatch)
     seeds = [1, 2, 3]
     # the accuracy grid also holds FD003, which the comparison leaves out
     last = {(d, f"gaba-s{s}"): 15.0 + s for d in ("FD001", "FD002", "FD003") for s in seeds}
@@ -352,7 +381,8 @@ def test_selection_script_pairs_the_accuracy_runs_with_select_all(tmp_path, monk
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- selection:start -->\n<!-- selection:end -->\nb\n")
     csv_path = tmp_path / "selection.csv"
-    selection.tables(tmp_path / "last", tmp_path / "all", "up to 2", csv_path, readme)
+    epochs = {"FD001": "up to 2", "FD002": "up to 2"}
+    selection.tables(tmp_path / "last", tmp_path / "all", epochs, csv_path, readme)
     df = pd.read_csv(csv_path).set_index(["method", "subset"])
     methods = ("select=last", "select=all")
     assert set(df.index) == {(m, d) for m in methods for d in ("FD001", "FD002")}
@@ -361,4 +391,4 @@ def test_selection_script_pairs_the_accuracy_runs_with_select_all(tmp_path, monk
     assert df.loc[("select=all", "FD002"), "baseline"] == "select=last"
     text = readme.read_text()
     assert "| select=all | 17.50 ± 1.00 (n=3) | +0.50 [+0.50, +0.50] | 0.25 |" in text
-    assert "up to 2 epochs per run" in text
+    assert "epochs per run: FD001 up to 2, FD002 up to 2;" in text
