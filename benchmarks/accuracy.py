@@ -24,6 +24,8 @@ from grace_rul.checkpoint import atomic_write_text
 from grace_rul.config import DEFAULT_PRESET, PRESETS, Execution, resolve_config
 from grace_rul.experiments.grid import DONE, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
+from grace_rul.inference.ensemble import build_ensemble
+from grace_rul.rundir import RunDir
 from readme_tables import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +48,9 @@ def _row(kind: str, subset: str, seed: str, m: dict) -> dict:
         "kind": kind,
         "subset": subset,
         "seed": seed,
-        "preset": m.get("preset", ""),
-        "balancer": m.get("balancer", ""),
+        # an ensemble's metrics list its members' presets and balancers
+        "preset": m.get("preset") or ",".join(m.get("presets", [])),
+        "balancer": m.get("balancer") or ",".join(m.get("balancers", [])),
         "rmse_last": test.get("rmse_last"),
         "nasa_score": test.get("nasa_score"),
         "mae": test.get("mae"),
@@ -81,12 +84,6 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 def ensemble_rows(sweep_dir: Path, grid) -> list[dict]:
     """Seed ensembles of subsets whose seeds have all finished (built once, then reused)."""
-    try:
-        from grace_rul.inference.ensemble import build_ensemble
-    except ImportError:  # the ensemble command is not part of this checkout
-        return []
-    from grace_rul.rundir import RunDir
-
     rows = []
     for dataset in grid.datasets:
         cells = [c for c in grid.cells() if c.dataset == dataset]
