@@ -12,6 +12,10 @@ the test RMSE mean ± std, and for ``all`` the mean paired difference against ``
 its 95 % t-interval and the Wilcoxon signed-rank p - and the README table between the
 ``selection:start`` / ``selection:end`` markers from that CSV. The test set is scored once
 per finished run; here it compares two finished recipes and chooses nothing else.
+
+The accuracy runs were trained with early-stopping patience 15, the default before it
+became 8; replaying their histories (``benchmarks/patience.py``) shows patience 8 selects
+the same epoch in every one, so both arms are the current default recipe.
 """
 
 from __future__ import annotations

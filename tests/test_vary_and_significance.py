@@ -392,3 +392,23 @@ def test_selection_script_pairs_the_accuracy_runs_with_select_all(tmp_path, monk
     text = readme.read_text()
     assert "| select=all | 17.50 ± 1.00 (n=3) | +0.50 [+0.50, +0.50] | 0.25 |" in text
     assert "epochs per run: FD001 up to 2, FD002 up to 2;" in text
+
+
+def test_patience_replay_finds_where_a_run_would_stop(tmp_path, monkeypatch):
+    patience = _load_benchmark("patience", monkeypatch)
+    flags = [1, 1, 0, 0, 1, 0, 0, 0, 0]  # bests at epochs 1, 2 and 5
+    assert patience.replay(flags, 2) == (4, 2)  # stops after epoch 4, before the epoch-5 best
+    assert patience.replay(flags, 3) == (8, 5)
+    assert patience.replay(flags, 10) == (9, 5)  # never stops early: the whole history
+    run = tmp_path / "sweep" / "runs" / "FD001-gaba-s1"
+    run.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(1, 10), "is_best": flags}).to_csv(run / "history.csv")
+    (run / "metrics.json").write_text("{}")
+    unfinished = tmp_path / "sweep" / "runs" / "FD001-gaba-s2"
+    unfinished.mkdir()
+    pd.DataFrame({"epoch": [1], "is_best": [1]}).to_csv(unfinished / "history.csv")
+    histories = patience.finished_histories([tmp_path / "sweep"])
+    assert list(histories.values()) == [flags]
+    rows = {r["patience"]: r for r in patience.rows(histories, [2, 3])}
+    assert rows[2]["same_selected_epoch"] == 0 and rows[3]["same_selected_epoch"] == 1
+    assert rows[3]["epochs_run"] == 8 and rows[3]["epochs_saved_pct"] == pytest.approx(11.1)
