@@ -130,11 +130,14 @@ def epochs_for(preset: str, budget_hours: float, path: Path = ACCURACY) -> dict[
     return {d: max(1, round(want[d] * scale)) for d in DATASETS}
 
 
+def _started_epochs(sweep: Path) -> int:
+    """The per-run epochs a sweep was started with (its ``sweep.yaml``)."""
+    return int(read_grid(sweep).overrides["train"]["epochs"])
+
+
 def _kept_epochs(out_dir: Path, epochs: int) -> int:
     """The epochs a sweep was started with (a resumed grid keeps its budget)."""
-    if (out_dir / "sweep.yaml").exists():
-        return int(read_grid(out_dir).overrides["train"]["epochs"])
-    return epochs
+    return _started_epochs(out_dir) if (out_dir / "sweep.yaml").exists() else epochs
 
 
 def sweeps(out: Path, preset: str, epochs: dict[str, int]) -> list[dict]:
@@ -188,8 +191,7 @@ def summary_rows(
 
 
 def _epochs(sweep: Path) -> dict[str, object]:
-    grid = read_grid(sweep)
-    return dict.fromkeys(grid.datasets, grid.overrides["train"]["epochs"])
+    return dict.fromkeys(read_grid(sweep).datasets, _started_epochs(sweep))
 
 
 def collect(out: Path, preset: str) -> tuple[list[dict], list[dict]]:
