@@ -190,6 +190,23 @@ def summary_rows(
     return rows
 
 
+def arms_frame(
+    arms: dict[str, Path], datasets: list[str], seeds: list[int] | None = None
+) -> pd.DataFrame:
+    """Runs of separate sweeps as one results table whose method is each sweep's label:
+    two recipes compared by seed (``benchmarks/selection.py``, ``precision.py``). Only
+    ``datasets`` and, when given, ``seeds``; a sweep that does not exist is left out."""
+    frames = []
+    for label, sweep in arms.items():
+        if (sweep / "sweep.yaml").is_file():
+            df = collect_results(sweep, write=False)
+            keep = df["dataset"].isin(datasets)
+            if seeds is not None:
+                keep &= df["seed"].isin(seeds)
+            frames.append(df[keep].assign(balancer=label, variant=""))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def _epochs(sweep: Path) -> dict[str, object]:
     return dict.fromkeys(read_grid(sweep).datasets, _started_epochs(sweep))
 
@@ -238,7 +255,7 @@ def _num(text) -> float:
         return math.nan
 
 
-def markdown(rows: list[dict], baseline_name: str) -> str:
+def markdown(rows: list[dict], baseline_name: str, seeds: list[int] = SEEDS) -> str:
     """A README table from CSV rows: per subset the mean ± std and the paired difference."""
     if not rows:
         return "_no results yet: run `python benchmarks/review.py`_\n"
@@ -266,14 +283,14 @@ def markdown(rows: list[dict], baseline_name: str) -> str:
             cells += [diff, ptext]
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]
-    seeds = max(int(_num(r.get("n")) or 0) for r in rows)
+    paired = max(int(_num(r.get("n")) or 0) for r in rows)
     budget = ", ".join(
         f"{s} {e}" for s, e in dict.fromkeys((r["subset"], r["epochs"]) for r in rows)
     )
     lines += ["", f"Preset `{first['preset']}`, epochs per run: {budget}; seeds "
-              f"{' '.join(map(str, SEEDS))}; validation-selected. Δ: mean paired difference "
+              f"{' '.join(map(str, seeds))}; validation-selected. Δ: mean paired difference "
               f"(row − {baseline_name}, paired by seed), negative = better; bold: Wilcoxon "
-              f"p < 0.05. {power_note(seeds)}"]  # fmt: skip
+              f"p < 0.05. {power_note(paired)}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

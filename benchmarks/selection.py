@@ -24,28 +24,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from grace_rul.config import DEFAULT_PRESET, Execution, resolve_config
 from grace_rul.experiments.sweep import run_sweep
-from grace_rul.experiments.tables import collect_results
 from readme_tables import README, replace_section
-from review import SEEDS, markdown, read_csv, summary_rows, write_csv
+from review import SEEDS, arms_frame, markdown, read_csv, summary_rows, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "selection.csv"
 DATASETS = ["FD001", "FD002"]
 LAST, ALL = "select=last", "select=all"
-
-
-def frame(last_dir: Path, all_dir: Path) -> pd.DataFrame:
-    """Both selections' results as one table whose rows are labelled by the selection."""
-    frames = []
-    for label, sweep in ((LAST, last_dir), (ALL, all_dir)):
-        if (sweep / "sweep.yaml").is_file():
-            df = collect_results(sweep, write=False)
-            frames.append(df[df["dataset"].isin(DATASETS)].assign(balancer=label, variant=""))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def tables(
@@ -56,7 +43,7 @@ def tables(
     readme: Path = README,
 ) -> None:
     """The CSV from both sweeps (kept as it is when neither exists), then the README table."""
-    df = frame(last_dir, all_dir)
+    df = arms_frame({LAST: last_dir, ALL: all_dir}, DATASETS)
     if not df.empty:
         write_csv(results, summary_rows("selection", df, LAST, DEFAULT_PRESET, epochs))
     replace_section("selection", markdown(read_csv(results), LAST), readme)

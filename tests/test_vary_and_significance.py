@@ -394,6 +394,28 @@ def test_selection_script_pairs_the_accuracy_runs_with_select_all(tmp_path, monk
     assert "epochs per run: FD001 up to 2, FD002 up to 2;" in text
 
 
+def test_precision_script_pairs_its_seeds_of_the_accuracy_runs_with_bf16(tmp_path, monkeypatch):
+    precision = _load_benchmark("precision", monkeypatch)
+    # the accuracy grid holds more subsets and seeds than the comparison's FD001 x 42 123 456
+    fp32 = {(d, f"gaba-s{s}"): 15.0 + s / 1000 for d in ("FD001", "FD002")
+            for s in (42, 123, 456, 789)}  # fmt: skip
+    _write_sweep(tmp_path / "fp32", ["gaba"], [42, 123, 456, 789], {}, fp32)
+    bf16 = {("FD001", f"gaba-s{s}"): 15.0 + s / 1000 + d for s, d in ((42, 0.1), (123, -0.3),
+            (456, 0.2))}  # fmt: skip
+    _write_sweep(tmp_path / "bf16", ["gaba"], [42, 123, 456], {}, bf16)
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- precision:start -->\n<!-- precision:end -->\nb\n")
+    csv_path = tmp_path / "precision.csv"
+    precision.tables(tmp_path / "fp32", tmp_path / "bf16", {"FD001": "up to 2"}, csv_path, readme)
+    df = pd.read_csv(csv_path).set_index(["method", "subset"])
+    assert set(df.index) == {("fp32", "FD001"), ("bf16 autocast", "FD001")}
+    assert df.loc[("fp32", "FD001"), "n"] == 3  # seed 789 and FD002 left out
+    assert df.loc[("bf16 autocast", "FD001"), "d_rmse"] == pytest.approx(0.0)
+    assert df.loc[("bf16 autocast", "FD001"), "baseline"] == "fp32"
+    text = readme.read_text()
+    assert "| bf16 autocast |" in text and "seeds 42 123 456;" in text
+
+
 def test_patience_replay_finds_where_a_run_would_stop(tmp_path, monkeypatch):
     patience = _load_benchmark("patience", monkeypatch)
     flags = [1, 1, 0, 0, 1, 0, 0, 0, 0]  # bests at epochs 1, 2 and 5
