@@ -11,9 +11,10 @@ in fp32 elsewhere. The fp32 runs are the accuracy grid's (``runs/accuracy-defaul
 two by seed and writes ``benchmarks/results/precision.csv`` - per precision the test RMSE
 mean ± std, and for bf16 the mean paired difference against fp32 with its 95 % t-interval
 and the Wilcoxon signed-rank p - and the README table between the ``precision:start`` /
-``precision:end`` markers. On a CPU without native bf16 the bf16 arm runs emulated (about
-6x slower than fp32): same numerics as native bf16 autocast, not its speed. The test set is
-scored once per finished run; this compares two finished recipes and chooses nothing.
+``precision:end`` markers. On a CPU without native bf16 the bf16 arm runs emulated (5x the
+fp32 epoch time on the 2-core AMD EPYC): native bf16 autocast's numerics, not its speed.
+The test set is scored once per finished run; this compares two finished recipes and
+chooses nothing.
 
 The fp32 runs were trained with early-stopping patience 15, the default before it became
 8; replaying their histories (``benchmarks/patience.py``) shows patience 8 selects the same
