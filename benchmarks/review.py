@@ -207,6 +207,25 @@ def arms_frame(
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def train_arm(
+    out: Path, datasets: list[str], seeds: list[int], overrides: dict, workers: int
+) -> None:
+    """Train one arm of a paired comparison: the default preset with ``gaba`` and only
+    ``overrides`` changed, as a resumable sweep (1 thread per cell)."""
+    run_sweep(
+        out,
+        datasets,
+        ["gaba"],
+        seeds,
+        preset=DEFAULT_PRESET,
+        overrides=overrides,
+        execution=Execution(threads=1),
+        workers=workers,
+        extend=True,
+        progress=sys.stderr.isatty(),
+    )
+
+
 def _epochs(sweep: Path) -> dict[str, object]:
     return dict.fromkeys(read_grid(sweep).datasets, _started_epochs(sweep))
 

@@ -21,13 +21,11 @@ the same epoch in every one, so both arms are the current default recipe.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from grace_rul.config import DEFAULT_PRESET, Execution, resolve_config
-from grace_rul.experiments.sweep import run_sweep
+from grace_rul.config import DEFAULT_PRESET, resolve_config
 from readme_tables import README, replace_section
-from review import SEEDS, arms_frame, markdown, read_csv, summary_rows, write_csv
+from review import SEEDS, arms_frame, markdown, read_csv, summary_rows, train_arm, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "selection.csv"
@@ -59,18 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     epochs = resolve_config(DEFAULT_PRESET).train.epochs
     if not args.table_only:
-        run_sweep(
-            args.out,
-            DATASETS,
-            ["gaba"],
-            SEEDS,
-            preset=DEFAULT_PRESET,
-            overrides={"train": {"select": "all"}},
-            execution=Execution(threads=1),
-            workers=args.workers,
-            extend=True,
-            progress=sys.stderr.isatty(),
-        )
+        train_arm(args.out, DATASETS, SEEDS, {"train": {"select": "all"}}, args.workers)
     tables(args.last, args.out, dict.fromkeys(DATASETS, f"up to {epochs}"))
     print(f"wrote {RESULTS} and the README table")
 
