@@ -141,27 +141,24 @@ def _kept_epochs(out_dir: Path, epochs: int) -> int:
 
 
 def sweeps(out: Path, preset: str, epochs: dict[str, int]) -> list[dict]:
-    """The ``run_sweep`` calls of the grid: per subset the balancers and the single-task
-    run, then the stabiliser ablation."""
+    """The ``run_sweep`` calls of the grid, cheapest decisive comparison first: the
+    single-task runs, the stabiliser ablation, then the balancer table per subset."""
     base = resolve_config(preset).train
     common = dict(seeds=SEEDS, preset=preset)
-    specs = []
-    for d in DATASETS:
-        for name, balancers, extra in (
-            ("balancers", BALANCERS, {}),
-            ("single-task", ["fixed"], {"balancer": {"options": {"weights": [1, 0]}}}),
-        ):
-            out_dir = out / f"{name}-{d}"
-            train = {"train": {"epochs": _kept_epochs(out_dir, epochs[d])}}
-            specs.append(dict(out_dir=out_dir, datasets=[d], balancers=balancers,
-                              overrides={**train, **extra}, **common))  # fmt: skip
-    out_dir = out / "stabilisers"
-    train = {"train": {"epochs": _kept_epochs(out_dir, epochs[ABLATION_DATASET])}}
-    specs.append(dict(out_dir=out_dir, datasets=[ABLATION_DATASET],
-                      balancers=[ABLATION_BALANCER], overrides=train,
+
+    def spec(name: str, dataset: str, balancers: list[str], **extra) -> dict:
+        out_dir = out / name
+        train = {"train": {"epochs": _kept_epochs(out_dir, epochs[dataset])}}
+        overrides = {**train, **extra.pop("overrides", {})}
+        return dict(out_dir=out_dir, datasets=[dataset], balancers=balancers,
+                    overrides=overrides, **extra, **common)  # fmt: skip
+
+    single = {"balancer": {"options": {"weights": [1, 0]}}}
+    specs = [spec(f"single-task-{d}", d, ["fixed"], overrides=single) for d in DATASETS]
+    specs.append(spec("stabilisers", ABLATION_DATASET, [ABLATION_BALANCER],
                       vary={"train.clip": [0.0, base.clip],
-                            "train.ema_decay": [0.0, base.ema_decay]},
-                      **common))  # fmt: skip
+                            "train.ema_decay": [0.0, base.ema_decay]}))  # fmt: skip
+    specs += [spec(f"balancers-{d}", d, BALANCERS) for d in DATASETS]
     return specs
 
 

@@ -313,6 +313,13 @@ def test_table_cli_latex_and_formats(base, capsys):
         ({"balancers": ["nope"]}, "unknown balancer 'nope'"),
         ({"datasets": ["FD009"]}, "FD009"),
         ({"overrides": {"data": {"dataset": "FD002"}}}, "sweep axis"),
+        (
+            {
+                "balancers": ["fixed", "gaba"],
+                "overrides": {"balancer": {"options": {"weights": [1, 0]}}},
+            },
+            "balancer 'gaba': bad options",
+        ),
         ({"executor": "slurm"}, "unknown executor"),
         ({"workers": 0}, "--workers"),
     ],
@@ -322,6 +329,16 @@ def test_bad_sweep_input_refused_before_writing(tmp_path, kwargs, words):
     with pytest.raises(GraceError, match=words):
         run_sweep(tmp_path / "s", **args)
     assert not (tmp_path / "s").exists()
+
+
+def test_balancer_options_are_checked_against_the_axis_not_the_default(tmp_path):
+    """``fixed`` weights are no option of the preset's default balancer (gaba); a sweep of
+    ``fixed`` alone runs them (the single-task arm of benchmarks/review.py)."""
+    single = {"train": {"epochs": 1}, "balancer": {"options": {"weights": [1, 0]}}}
+    run_sweep(tmp_path / "s", datasets=["FD001"], balancers=["fixed"], seeds=[42],
+              preset="tiny", overrides=single, execution=ONE_THREAD, progress=False)  # fmt: skip
+    cfg = yaml.safe_load((tmp_path / "s" / "runs" / "FD001-fixed-s42" / "config.yaml").read_text())
+    assert (cfg["balancer"]["name"], cfg["balancer"]["options"]) == ("fixed", {"weights": [1, 0]})
 
 
 def test_refuses_a_directory_that_is_not_a_sweep(tmp_path):

@@ -322,7 +322,9 @@ def run_sweep(
     datasets, balancers, seeds = _check_axes(list(datasets), list(balancers), list(seeds))
     shared = _check_overrides(overrides)
     exe = execution or Execution()
-    base = resolve_config(preset, None, shared)  # validates preset and overrides once
+    # balancer options are shared by the whole balancers axis: validate them with each one
+    per_balancer = [merge_overrides(shared, {"balancer": {"name": b}}) for b in balancers]
+    base = [resolve_config(preset, None, o) for o in per_balancer][0]
     grid = Grid(
         datasets,
         balancers,
@@ -330,7 +332,7 @@ def run_sweep(
         preset=base.preset,
         overrides=shared,
         protocol=base.train.protocol,
-        vary=check_vary(dict(vary or {}), base.preset, shared),
+        vary=check_vary(dict(vary or {}), base.preset, per_balancer[0]),
     )
 
     on_disk = _grid_on_disk(sweep_dir)
