@@ -309,6 +309,8 @@ def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
     for d in ("FD001", "FD002"):
         vals = {(d, f"{b}-s{s}"): 20.0 + s + (b == "gaba") for b in ("equal", "gaba")
                 for s in seeds}  # fmt: skip
+        if d == "FD002":
+            del vals[(d, "gaba-s2")]  # an unfinished cell: one paired seed
         _write_sweep(out / f"balancers-{d}", ["equal", "gaba"], seeds, {}, vals)
         single = {(d, f"fixed-s{s}"): 19.0 + s for s in seeds}
         _write_sweep(out / f"single-task-{d}", ["fixed"], seeds, {}, single)
@@ -335,6 +337,8 @@ def test_review_script_writes_csvs_and_readme_tables(tmp_path, monkeypatch):
     assert "| clip=0 ema_decay=0 | 22.50 ± 0.71 (n=2) | baseline |  |" in text
     assert "Wilcoxon p" in text and "smallest two-sided Wilcoxon p" in text
     assert "epochs per run: FD001 1, FD002 1;" in text
+    assert "| 22.00 (n=1) | n/a[^1] | n/a |" in text  # gaba on FD002
+    assert "\n[^1]: fewer than 2 paired seeds (n=1)\n" in text
 
 
 def test_review_budget_follows_the_accuracy_runs(tmp_path, monkeypatch):
