@@ -146,12 +146,12 @@ def sweeps(out: Path, preset: str, epochs: dict[str, int]) -> list[dict]:
     base = resolve_config(preset).train
     common = dict(seeds=SEEDS, preset=preset)
 
-    def spec(name: str, dataset: str, balancers: list[str], **extra) -> dict:
+    def spec(name: str, dataset: str, balancers: list[str], overrides: dict | None = None,
+             vary: dict | None = None) -> dict:  # fmt: skip
         out_dir = out / name
         train = {"train": {"epochs": _kept_epochs(out_dir, epochs[dataset])}}
-        overrides = {**train, **extra.pop("overrides", {})}
         return dict(out_dir=out_dir, datasets=[dataset], balancers=balancers,
-                    overrides=overrides, **extra, **common)  # fmt: skip
+                    overrides={**train, **(overrides or {})}, vary=vary, **common)  # fmt: skip
 
     single = {"balancer": {"options": {"weights": [1, 0]}}}
     specs = [spec(f"single-task-{d}", d, ["fixed"], overrides=single) for d in DATASETS]

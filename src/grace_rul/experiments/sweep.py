@@ -324,7 +324,9 @@ def run_sweep(
     exe = execution or Execution()
     # balancer options are shared by the whole balancers axis: validate them with each one
     per_balancer = [merge_overrides(shared, {"balancer": {"name": b}}) for b in balancers]
-    base = [resolve_config(preset, None, o) for o in per_balancer][0]
+    for other in per_balancer[1:]:
+        resolve_config(preset, None, other)
+    base = resolve_config(preset, None, per_balancer[0])
     grid = Grid(
         datasets,
         balancers,
