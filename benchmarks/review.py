@@ -45,7 +45,7 @@ import pandas as pd
 from grace_rul.checkpoint import atomic_write_text
 from grace_rul.config import DEFAULT_PRESET, Execution, resolve_config
 from grace_rul.experiments.grid import read_grid
-from grace_rul.experiments.significance import compare, power_note
+from grace_rul.experiments.significance import Footnotes, compare, power_note
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.experiments.tables import collect_results, row_labels
 from readme_tables import replace_section
@@ -281,7 +281,7 @@ def markdown(rows: list[dict], baseline_name: str, seeds: list[int] = SEEDS) -> 
         head += [f"{s} RMSE", f"Δ vs {baseline_name} [95 % CI]", "Wilcoxon p"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     by = {(r["method"], r["subset"]): r for r in rows}
-    notes: dict[str, int] = {}  # why a cell is n/a, as numbered footnotes
+    notes = Footnotes()  # why a cell is n/a
     for method in dict.fromkeys(r["method"] for r in rows):
         cells = [method]
         for s in subsets:
@@ -294,8 +294,7 @@ def markdown(rows: list[dict], baseline_name: str, seeds: list[int] = SEEDS) -> 
                 continue
             d, lo, hi, p = (_num(r.get(k)) for k in ("d_rmse", "ci_low", "ci_high", "wilcoxon_p"))
             diff = f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else "n/a"
-            if isinstance(r.get("note"), str) and r["note"]:
-                diff += f"[^{notes.setdefault(r['note'], len(notes) + 1)}]"
+            diff += notes.mark(r.get("note"))
             ptext = f"{p:.3g}" if math.isfinite(p) else "n/a"
             if r.get("significant") == "True":
                 diff, ptext = f"**{diff}**", f"**{ptext}**"
@@ -310,7 +309,7 @@ def markdown(rows: list[dict], baseline_name: str, seeds: list[int] = SEEDS) -> 
               f"{' '.join(map(str, seeds))}; validation-selected. Δ: mean paired difference "
               f"(row − {baseline_name}, paired by seed), negative = better; bold: Wilcoxon "
               f"p < 0.05. {power_note(paired)}"]  # fmt: skip
-    lines += [f"\n[^{i}]: {note}" for note, i in notes.items()]
+    lines += notes.lines()
     return "\n".join(lines) + "\n"
 
 

@@ -176,10 +176,27 @@ def power_note(seeds: int) -> str:
     )
 
 
+class Footnotes:
+    """Numbered Markdown footnotes for table cells: one number per distinct reason."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int] = {}
+
+    def mark(self, note: object) -> str:
+        """``[^n]`` for a non-empty reason (numbered on first use), else ``""``."""
+        if not isinstance(note, str) or not note:
+            return ""
+        return f"[^{self._numbers.setdefault(note, len(self._numbers) + 1)}]"
+
+    def lines(self) -> list[str]:
+        """The footnote definitions, each after a blank line."""
+        return [line for note, i in self._numbers.items() for line in ("", f"[^{i}]: {note}")]
+
+
 def comparison_markdown(table: pd.DataFrame, baseline: str, seeds: int) -> str:
     """The comparison as Markdown: one table per metric, ``Wilcoxon p`` columns, footnotes."""
     lines = [f"## Paired differences vs `{baseline}` (row − baseline, paired by seed)", ""]
-    notes: dict[str, int] = {}
+    notes = Footnotes()
     datasets = list(dict.fromkeys(table["dataset"]))
     for col, heading, decimals in COMPARED:
         sub = table[table["metric"] == col]
@@ -190,9 +207,7 @@ def comparison_markdown(table: pd.DataFrame, baseline: str, seeds: int) -> str:
             cells = [method]
             for d in datasets:
                 r = sub[(sub["method"] == method) & (sub["dataset"] == d)].iloc[0]
-                mark = ""
-                if r["note"]:
-                    mark = f"[^{notes.setdefault(r['note'], len(notes) + 1)}]"
+                mark = notes.mark(r["note"])
                 if r["n"] < 2:
                     cells += [f"n/a{mark}", "n/a"]
                     continue
@@ -212,8 +227,7 @@ def comparison_markdown(table: pd.DataFrame, baseline: str, seeds: int) -> str:
         "difference. Wilcoxon p: two-sided signed-rank test (scipy.stats.wilcoxon). Bold: "
         f"p < {ALPHA:g}. " + power_note(seeds)
     )
-    for note, i in notes.items():
-        lines += ["", f"[^{i}]: {note}"]
+    lines += notes.lines()
     return "\n".join(lines) + "\n"
 
 
