@@ -21,7 +21,7 @@ from grace_rul.inference.commands import add_ensemble_parser, add_export_parser,
 from grace_rul.reports.commands import add_report_parser
 
 TRAIN_ALIASES = (
-    "dataset", "balancer", "seed", "epochs", "batch_size", "lr", "precision", "protocol",
+    "dataset", "balancer", "seed", "folds", "epochs", "batch_size", "lr", "precision", "protocol",
 )  # fmt: skip
 
 
@@ -50,6 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from grace_rul.config import execution_from_args, load_yaml, resolve_config, settings_from_args
     from grace_rul.trainer import train
 
+    if args.folds is not None and args.folds.strip() in ("0", "1"):
+        raise GraceError(f"--folds needs K >= 2 (got {args.folds}; without --folds: one hold-out)")
     yaml_cfg = load_yaml(args.config) if args.config else {}
     if args.resume and not args.config:
         # Resuming without a config file: start from the saved config, flags still override.
@@ -63,18 +65,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
     )
-    print(
-        json.dumps(
-            {
-                "out": str(args.out),
-                "best_epoch": metrics["best_epoch"],
-                "params": metrics["params"],
-                "protocol": metrics["protocol_label"],
-                "test": metrics["test"],
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "out": str(args.out),
+        "best_epoch": metrics["best_epoch"],
+        "params": metrics["params"],
+        "protocol": metrics["protocol_label"],
+        "test": metrics["test"],
+    }
+    if "cv" in metrics:
+        summary["cv"] = {k: metrics["cv"][k] for k in ("rmse", "fold_rmse", "std")}
+        summary["model"] = str(Path(args.out) / "model")
+    print(json.dumps(summary, indent=2))
     return 0
 
 

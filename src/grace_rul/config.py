@@ -417,6 +417,7 @@ ALIASES: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
     "dataset": ("data.dataset", None, "FD001..FD004, a dataset YAML or an N-CMAPSS .h5 file"),
     "balancer": ("balancer.name", None, "loss balancer, e.g. equal, gaba, grace"),
     "seed": ("seed", None, "seed for every RNG"),
+    "folds": ("data.folds", None, "K-fold cross-validation over engines: K fold runs + ensemble"),
     "epochs": ("train.epochs", None, "maximum epochs"),
     "batch_size": ("train.batch_size", None, "mini-batch size"),
     "lr": ("train.lr", None, "AdamW learning rate"),

@@ -42,11 +42,14 @@ GRAD_STATS = "gradient_stats.csv"
 GRAD_NORMS = "grad_norms.npy"
 PREDICTIONS = "predictions.csv"
 TRAJECTORIES = "trajectories.csv"
+OOF = "oof.csv"  # out-of-fold predictions of a cross-validation fold (and of all folds)
 EVENTS = "events.log"
 CHECKPOINTS = "checkpoints"
 BEST = f"{CHECKPOINTS}/best.pt"
 LAST = f"{CHECKPOINTS}/last.pt"
-FILES = (CONFIG, METRICS, HISTORY, GRAD_STATS, GRAD_NORMS, PREDICTIONS, TRAJECTORIES, EVENTS)
+FILES = (
+    CONFIG, METRICS, HISTORY, GRAD_STATS, GRAD_NORMS, PREDICTIONS, TRAJECTORIES, OOF, EVENTS,
+)  # fmt: skip
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -90,12 +93,15 @@ STATS_COLUMNS = (
 )
 PREDICTION_COLUMNS = ("unit", "true_rul", "pred_rul", "true_health", "pred_health")
 TRAJECTORY_COLUMNS = ("unit", "cycle", "true_rul", "pred_rul")
+# unit, the cycle a validation unit is cut after, true (capped) RUL there, prediction, fold
+OOF_COLUMNS = ("unit", "cut", "true", "predicted", "fold")
 # The columns a reader needs in each table.
 REQUIRED = {
     HISTORY: ("epoch", "train_loss", "val_rmse"),
     GRAD_STATS: ("epoch",),
     PREDICTIONS: ("unit", "true_rul", "pred_rul"),
     TRAJECTORIES: TRAJECTORY_COLUMNS,
+    OOF: OOF_COLUMNS,
 }
 
 
@@ -260,6 +266,16 @@ class RunDir:
             return 0
         with open(path, newline="") as f:
             return max(sum(1 for _ in f) - 1, 0)
+
+
+def oof_rows(cuts: Any, predicted: Any, fold: int) -> list[list[Any]]:
+    """``oof.csv`` rows of one fold: its validation cuts (a ``Split``) and their predictions."""
+    return [
+        [int(u), int(c), float(y), float(p), int(fold)]
+        for u, c, y, p in zip(
+            cuts.unit.tolist(), cuts.cycle.tolist(), cuts.rul.tolist(), predicted.tolist()
+        )
+    ]
 
 
 def read_csv(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:

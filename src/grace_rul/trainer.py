@@ -90,18 +90,33 @@ def train(
     overwrite: bool = False,
     loss_fn: Callable = task_losses,
     backward_fn: Callable = balance_backward,
+    score_test: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``out_dir`` and return its ``metrics.json`` content.
 
     ``resume`` continues exactly from ``out_dir/checkpoints/last.pt``. ``loss_fn`` and
     ``backward_fn`` are the two seams of the step (task losses; balanced backward),
-    there for fault injection and experiments.
+    there for fault injection and experiments. With ``data.folds`` K >= 2 (and no
+    ``data.fold``) the run is a K-fold cross-validation (:func:`grace_rul.folds.train_folds`).
+    ``score_test=False`` builds no test split and scores none (tuning trials);
+    ``on_epoch(epoch, selection_score)`` is called after every epoch's ``last.pt`` (a
+    tuner's pruning hook: whatever it raises ends the run, resumable).
     """
+    if cfg.data.folds >= 2 and cfg.data.fold == 0:
+        from grace_rul.folds import train_folds
+
+        return train_folds(
+            cfg, out_dir, execution=execution, resume=resume, overwrite=overwrite,
+            score_test=score_test, on_epoch=on_epoch,
+        )  # fmt: skip
+    if not score_test and cfg.train.protocol == "paper":
+        raise GraceError("train.protocol=paper selects on the test set: not without a test split")
     exe = execution or Execution()
     run = RunDir(out_dir)
     run.prepare(resume=resume, overwrite=overwrite)
     if resume:
-        _check_resumable(run, cfg)
+        check_resumable(run, cfg)
     show_bar = (sys.stderr.isatty() if exe.progress is None else exe.progress) and not exe.quiet
 
     def log(msg: str) -> None:
@@ -111,7 +126,7 @@ def train(
 
     device = _device(exe)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
-    data = load_dataset(cfg.data, cfg.seed, exe.data_dir)
+    data = load_dataset(cfg.data, cfg.seed, exe.data_dir, with_test=score_test)
     parts = _build(cfg, data, device)
     model: DualTaskNet = parts["model"]
     balancer, optimizer, ema = parts["balancer"], parts["optimizer"], parts["ema"]
@@ -254,15 +269,20 @@ def train(
                 f"early stopping after epoch {epoch + 1}: no improvement for "
                 f"{t.early_stop_patience} epochs; restoring epoch {state.best_epoch + 1}"
             )
+        if on_epoch is not None:
+            on_epoch(epoch, state.best_score)
 
     state.seconds += time.perf_counter() - started
     state.cpu_seconds += time.process_time() - cpu_started
     metrics = _finish(run, cfg, data, parts, state, exe)
-    log(
-        f"done: best epoch {state.best_epoch + 1}, test rmse_last "
-        f"{metrics['test']['rmse_last']:.3f}, NASA score {metrics['test']['nasa_score']:.1f} "
-        f"({PROTOCOL_LABELS[t.protocol]})"
-    )
+    if metrics["test"] is None:
+        log(f"done: best epoch {state.best_epoch + 1}, validation {state.best_score:.3f}, no test")
+    else:
+        log(
+            f"done: best epoch {state.best_epoch + 1}, test rmse_last "
+            f"{metrics['test']['rmse_last']:.3f}, NASA score "
+            f"{metrics['test']['nasa_score']:.1f} ({PROTOCOL_LABELS[t.protocol]})"
+        )
     return metrics
 
 
@@ -336,7 +356,8 @@ def _start(run: RunDir, cfg: Config, data, parts, device, resume: bool, log) -> 
     run.start(cfg.to_dict())
     log(
         f"{cfg.data.dataset}: {len(data.train)} train / {len(data.val)} val windows, "
-        f"{len(data.test)} test units; model '{cfg.preset}' with "
+        f"{len(data.test) if data.test is not None else 'no'} test units; "
+        f"model '{cfg.preset}' with "
         f"{count_parameters(parts['model']):,} parameters; balancer {cfg.balancer.name}; "
         f"device {device.type}; precision {parts['precision'].mode}"
     )
@@ -371,7 +392,7 @@ def _restore(run: RunDir, parts: dict[str, Any]) -> LoopState:
     return state
 
 
-def _check_resumable(run: RunDir, cfg: Config) -> None:
+def check_resumable(run: RunDir, cfg: Config) -> None:
     """Refuse to resume with settings that differ from the saved run (naming the keys)."""
     try:
         old = config_from_dict(run.read_config())
@@ -418,27 +439,39 @@ def _save_best(run: RunDir, model, ema: ModelEma, data, cfg: Config, epoch: int,
 def _finish(
     run: RunDir, cfg: Config, data, parts: dict[str, Any], state: LoopState, exe: Execution
 ) -> dict[str, Any]:
-    """Restore the best weights (model + EMA), score the test set once, write the outputs."""
+    """Restore the best weights (model + EMA), score the test set once, write the outputs.
+
+    A fold of a cross-validation also writes its out-of-fold predictions (``oof.csv``:
+    the truncated-validation cuts of its held-out units); a run without a test split
+    writes no test predictions, trajectories or test metrics.
+    """
     model, ema, guard = parts["model"], parts["ema"], parts["guard"]
     best = load_checkpoint(run.best)
     model.load_state_dict(best["model"])
     ema.load_state_dict(best["ema"])
+    test = intervals = None
     with ema.swapped(model):
-        test, rul_pred, health_pred = score_split(model, data.test)
-        intervals = run_interval_metrics(model, data, cfg.seed)
-        trajectories = _trajectories(model, cfg, data, exe.data_dir)
-    run.write_table(
-        rundir.PREDICTIONS,
-        rundir.PREDICTION_COLUMNS,
-        zip(
-            data.test.unit.tolist(),
-            data.test.rul.tolist(),
-            rul_pred.tolist(),
-            data.test.health.tolist(),
-            health_pred.tolist(),
-        ),
-    )
-    run.write_table(rundir.TRAJECTORIES, rundir.TRAJECTORY_COLUMNS, trajectories)
+        if cfg.data.fold >= 1:
+            oof, _ = predict(model, data.val_last.x)
+            rows = rundir.oof_rows(data.val_last, oof, cfg.data.fold)
+            run.write_table(rundir.OOF, rundir.OOF_COLUMNS, rows)
+        if data.test is not None:
+            test, rul_pred, health_pred = score_split(model, data.test)
+            intervals = run_interval_metrics(model, data, cfg.seed)
+            trajectories = _trajectories(model, cfg, data, exe.data_dir)
+    if data.test is not None:
+        run.write_table(
+            rundir.PREDICTIONS,
+            rundir.PREDICTION_COLUMNS,
+            zip(
+                data.test.unit.tolist(),
+                data.test.rul.tolist(),
+                rul_pred.tolist(),
+                data.test.health.tolist(),
+                health_pred.tolist(),
+            ),
+        )
+        run.write_table(rundir.TRAJECTORIES, rundir.TRAJECTORY_COLUMNS, trajectories)
     run.write_grad_norms(state.grad_norms)
     first_bad = guard.first_bad
     metrics = {
@@ -451,8 +484,8 @@ def _finish(
         "select": cfg.train.select,
         "precision": parts["precision"].mode,
         "val": {k: v for k, v in best["metrics"].items() if k != "confusion"},
-        "test": test_metrics(test),
-        "test_split": data.test_split,
+        "test": test_metrics(test) if test is not None else None,
+        "test_split": data.test_split if test is not None else "none (not built)",
         "intervals": intervals,
         "best_epoch": state.best_epoch + 1,
         "epochs_run": run.epochs_written(),

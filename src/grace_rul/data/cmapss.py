@@ -43,7 +43,10 @@ Health state
 Split
     ``round(val_fraction * n_units)`` whole training engines (20 %) are held out
     for validation, chosen by ``numpy.random.default_rng(seed)``: windows of one
-    engine never land in both parts. The test split is the last window of each
+    engine never land in both parts. With ``folds`` K >= 2 the training units are dealt
+    into K folds instead (:func:`fold_units`: seeded, stratified by life length) and
+    fold ``fold`` is the validation part; the K runs of ``fold`` = 1..K together
+    validate every training engine exactly once. The test split is the last window of each
     test unit, in unit order, which is the standard C-MAPSS "last-window" score.
 Scaling
     A :class:`Normalizer` is fitted on the *training units only* (never validation
@@ -136,6 +139,8 @@ class DataConfig:
     normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
     test_fraction: float = 0.2  # share of units held out for the test when a dataset has none
     downsample: int = 10  # N-CMAPSS: keep every n-th 1 Hz row (seconds between kept rows)
+    folds: int = 0  # K >= 2: K-fold cross-validation over whole units; 0/1: one hold-out
+    fold: int = 0  # with folds: the 1-based fold held out for validation; 0: all K folds
 
     def validate(self) -> None:
         """Refuse settings that cannot build windows, with one line naming the setting."""
@@ -156,6 +161,10 @@ class DataConfig:
             (0 < self.test_fraction < 1,
              f"data.test_fraction must be in (0, 1) (got {self.test_fraction})"),
             (self.downsample >= 1, f"data.downsample must be >= 1 (got {self.downsample})"),
+            (self.folds >= 0, f"data.folds must be >= 0 (got {self.folds})"),
+            (0 <= self.fold <= max(self.folds, 0) and (self.fold == 0 or self.folds >= 2),
+             f"data.fold must be in 0..data.folds with data.folds >= 2 (got fold {self.fold}, "
+             f"folds {self.folds})"),
         ]  # fmt: skip
         for ok, message in problems:
             if not ok:
@@ -644,7 +653,7 @@ class CMAPSSData:
     train: Split
     val: Split  # every window of the validation units
     val_last: Split  # last windows of validation units cut at seeded random points
-    test: Split  # the last window of each test unit, in unit order
+    test: Split | None  # the last window of each test unit, in unit order (None: not built)
     normalizer: Normalizer
     feature_names: tuple[str, ...]
     train_units: list[int]
@@ -664,6 +673,48 @@ def split_units(units: np.ndarray, val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
+def fold_units(lengths: pd.Series, k: int, seed: int) -> list[list[int]]:
+    """Deal whole units into ``k`` seeded folds, stratified by life length.
+
+    ``lengths`` maps unit -> number of cycles. Units are sorted by length and taken in
+    blocks of ``k``; each block's units go to the ``k`` folds in an order drawn by
+    ``numpy.random.default_rng(seed)``, so every fold gets short, medium and long lives
+    and fold sizes differ by at most one. Returns ``k`` sorted unit lists, disjoint and
+    covering every unit once.
+    """
+    if k < 2:
+        raise GraceError(f"folds must be >= 2 (got {k})")
+    order = lengths.sort_values(kind="stable").index.to_numpy()
+    if k > len(order):
+        raise GraceError(
+            f"data.folds={k} is more than the {len(order)} training units: each fold needs one"
+        )
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for start in range(0, len(order), k):
+        block = order[start : start + k]
+        # the short last block goes to the currently smallest folds, in random order
+        targets = sorted(range(k), key=lambda f: (len(folds[f]), rng.random()))[: len(block)]
+        for unit, f in zip(block, rng.permutation(targets)):
+            folds[int(f)].append(int(unit))
+    return [sorted(f) for f in folds]
+
+
+def holdout_units(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> tuple[list[int], list[int]]:
+    """(train units, validation units) of a labelled training frame under ``cfg``.
+
+    One seeded hold-out (:func:`split_units`), or fold ``cfg.fold`` of :func:`fold_units`.
+    """
+    if cfg.folds >= 2:
+        folds = fold_units(frame.groupby("unit").size(), cfg.folds, seed)
+        if cfg.fold < 1:
+            raise GraceError("data.fold must name the held-out fold (1..data.folds)")
+        val = folds[cfg.fold - 1]
+        train = sorted(u for f in folds for u in f if u not in set(val))
+        return train, val
+    return split_units(frame["unit"].to_numpy(), cfg.val_fraction, seed)
+
+
 def load_cmapss(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) -> CMAPSSData:
     """Read a subset and build its train/val/test windows as described in the module docstring.
 
@@ -674,8 +725,12 @@ def load_cmapss(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) 
     return build_data(read_cmapss(cfg.dataset, data_dir), cfg, seed)
 
 
-def build_data(raw: RawSubset, cfg: DataConfig, seed: int) -> CMAPSSData:
-    """Windows, labels, split and scaling of any fleet read into a :class:`RawSubset`."""
+def build_data(raw: RawSubset, cfg: DataConfig, seed: int, with_test: bool = True) -> CMAPSSData:
+    """Windows, labels, split and scaling of any fleet read into a :class:`RawSubset`.
+
+    ``with_test=False`` builds no test split (``test`` is ``None``): what a tuning trial
+    sees, so no choice it makes can depend on the test set.
+    """
     longest = int(raw.train.groupby("unit").size().max())
     if cfg.window > longest:
         raise GraceError(
@@ -683,7 +738,7 @@ def build_data(raw: RawSubset, cfg: DataConfig, seed: int) -> CMAPSSData:
             f"(longest: {longest} cycles)"
         )
     train_all = label_frame(raw, raw.train, cfg)
-    train_units, val_units = split_units(train_all["unit"].to_numpy(), cfg.val_fraction, seed)
+    train_units, val_units = holdout_units(train_all, cfg, seed)
     in_val = train_all["unit"].isin(val_units).to_numpy()
     train, val = train_all[~in_val], train_all[in_val]
     normalizer = fit_normalizer(raw, train, cfg)
@@ -693,7 +748,7 @@ def build_data(raw: RawSubset, cfg: DataConfig, seed: int) -> CMAPSSData:
         train=make_windows(normalizer.transform(train), train, cfg.window),
         val=val_split,
         val_last=truncated_windows(val_split, cfg.val_cuts, seed),
-        test=test_windows(raw, normalizer, cfg),
+        test=test_windows(raw, normalizer, cfg) if with_test else None,
         normalizer=normalizer,
         feature_names=tuple(raw.sensors),
         train_units=train_units,

@@ -52,9 +52,14 @@ def read_dataset(cfg: DataConfig, data_dir: str | Path | None = None) -> RawSubs
     return read_tables(cfg)
 
 
-def load_dataset(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) -> CMAPSSData:
-    """Windows, labels, split and scaling of any dataset (docs/design.md §1)."""
-    return build_data(read_dataset(cfg, data_dir), cfg, seed)
+def load_dataset(
+    cfg: DataConfig, seed: int, data_dir: str | Path | None = None, with_test: bool = True
+) -> CMAPSSData:
+    """Windows, labels, split and scaling of any dataset (docs/design.md §1).
+
+    ``with_test=False``: no test split is built (tuning trials).
+    """
+    return build_data(read_dataset(cfg, data_dir), cfg, seed, with_test)
 
 
 def dataset_defaults(name: str) -> dict[str, int]:

@@ -271,6 +271,10 @@ def inspect_cell(path: Path, *, check_checkpoint: bool = True) -> CellState:
         except ValueError as exc:
             return CellState(CORRUPT, str(exc))
     if not run.last.exists():
+        from grace_rul.folds import is_fold_root
+
+        if is_fold_root(path):  # a cross-validation: its finished folds are kept
+            return CellState(INTERRUPTED, "cross-validation folds unfinished")
         return CellState(INCOMPLETE, f"no {METRICS} and no {LAST}")
     if not check_checkpoint:
         return CellState(INTERRUPTED, f"{LAST} present")

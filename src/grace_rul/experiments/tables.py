@@ -57,6 +57,7 @@ RESULT_COLUMNS = [
     "seconds",
     "protocol",
     "error",
+    "cv_rmse",
 ]
 SUMMARY_COLUMNS = [
     "balancer",
@@ -78,7 +79,9 @@ METRICS = (
     ("rmse", "rmse_last", "Test RMSE (last window)", 2),
     ("nasa", "nasa_score", "NASA score", 1),
 )
-DECIMALS = {key: decimals for key, _, _, decimals in METRICS}
+# Cross-validated cells (data.folds >= 2) also show their CV score, beside the test score.
+CV_METRIC = ("cv", "cv_rmse", "CV score (out-of-fold RMSE, validation)", 2)
+DECIMALS = {key: decimals for key, _, _, decimals in (*METRICS, CV_METRIC)}
 
 
 def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFrame:
@@ -131,6 +134,7 @@ def result_row(metrics: dict[str, Any], protocol: str) -> dict[str, Any]:
         "epochs_run": metrics.get("epochs_run"),
         "seconds": metrics.get("seconds"),
         "protocol": metrics.get("protocol", protocol),
+        "cv_rmse": (metrics.get("cv") or {}).get("rmse"),
     }
 
 
@@ -139,7 +143,7 @@ def results_frame(rows: list[dict[str, Any]], extra: list[str] | None = None) ->
     then one column per ``--vary`` axis (``extra``, short key names)."""
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS + list(extra or []))
     df["variant"] = df["variant"].astype(object).where(df["variant"].notna(), "")
-    for col in ("rmse_last", "nasa_score", "mae", "health_accuracy", "seconds"):
+    for col in ("rmse_last", "nasa_score", "mae", "health_accuracy", "seconds", "cv_rmse"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     for col in ("best_epoch", "epochs_run"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
@@ -177,6 +181,7 @@ class Summary:
     datasets: list[str]
     protocol: str
     counts: dict[str, int]
+    metrics: tuple[tuple[str, str, str, int], ...] = METRICS  # with CV_METRIC when folds
 
     def _entry(self, balancer: str, dataset: str, key: str, pm: str) -> tuple[str, bool]:
         """One table entry of metric ``key``: its text and whether it is the subset's best."""
@@ -197,7 +202,7 @@ class Summary:
     def to_markdown(self, title: str | None = None) -> str:
         lines = [f"# {title}", ""] if title else []
         lines += [f"Protocol: **{self.protocol}**", "", self._footnote(), ""]
-        for key, _, heading, _ in METRICS:
+        for key, _, heading, _ in self.metrics:
             lines += [f"## {heading}", ""]
             lines.append("| balancer | " + " | ".join(self.datasets) + " |")
             lines.append("|---|" + "---|" * len(self.datasets))
@@ -221,7 +226,7 @@ class Summary:
         ]
         head = "".join(f"<th>{esc(c)}</th>" for c in ["balancer", *self.datasets])
         level = 4 if title else 3
-        for key, _, heading, _ in METRICS:
+        for key, _, heading, _ in self.metrics:
             rows = []
             for b in self.balancers:
                 cells = [f"<td>{esc(b)}</td>"]
@@ -324,6 +329,9 @@ def summarise(df: pd.DataFrame) -> Summary:
     if missing:
         raise GraceError(f"results table lacks columns: {', '.join(sorted(missing))}")
     df = df.assign(balancer=row_labels(df))
+    keys = METRICS
+    if "cv_rmse" in df.columns and df["cv_rmse"].notna().any():
+        keys = (*METRICS, CV_METRIC)
     balancers = list(dict.fromkeys(df["balancer"].astype(str)))
     datasets = list(dict.fromkeys(df["dataset"].astype(str)))
     done = df[df["status"] == DONE]
@@ -332,13 +340,17 @@ def summarise(df: pd.DataFrame) -> Summary:
         for d in datasets:
             g = done[(done["balancer"] == b) & (done["dataset"] == d)]
             row: dict[str, Any] = {"balancer": b, "dataset": d, "n": len(g)}
-            for key, col, _, _ in METRICS:
-                values = g[col].to_numpy(dtype=float)
+            for key, col, _, _ in keys:
+                values = (
+                    g[col].dropna().to_numpy(dtype=float)
+                    if key == "cv"
+                    else g[col].to_numpy(dtype=float)
+                )
                 row[f"{key}_mean"] = float(np.mean(values)) if len(values) else math.nan
                 row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
             rows.append(row)
     stats = pd.DataFrame(rows)
-    for key, _, _, decimals in METRICS:
+    for key, _, _, decimals in keys:
         # Best at the precision shown: entries that print the same mean are all bold.
         shown = stats[f"{key}_mean"].map(lambda m, d=decimals: float(f"{m:.{d}f}"))
         stats[f"best_{key}"] = False
@@ -354,8 +366,9 @@ def summarise(df: pd.DataFrame) -> Summary:
     stats["protocol"] = label
     counts = {"total": len(df), "done": len(done), "failed": int((df["status"] == "failed").sum())}
     return Summary(
-        stats=stats, balancers=balancers, datasets=datasets, protocol=label, counts=counts
-    )
+        stats=stats, balancers=balancers, datasets=datasets, protocol=label, counts=counts,
+        metrics=keys,
+    )  # fmt: skip
 
 
 def write_tables(sweep_dir: str | Path) -> tuple[pd.DataFrame, Summary]:

@@ -59,7 +59,9 @@ def score_model(
         "dataset": name,
         "members": len(model.members),
         "test": test_metrics(metrics),
-        "intervals": interval_metrics(out.true_rul, out.rul, model.calibration),
+        "intervals": interval_metrics(
+            out.true_rul, out.rul, model.calibration, member_pred=out.member_rul
+        ),
     }
     if len(model.members) > 1:
         members = [

@@ -74,7 +74,7 @@ def predict_clean(
     unseen = np.bincount(group[in_window][far], minlength=len(starts)) > 0
     short = seen < model.contract.window
     rul = out.rul
-    lower, upper = model.calibration.interval(rul, coverage)
+    lower, upper = model.calibration.interval(rul, coverage, out.member_rul)
     probs = out.probs
     flags = [
         ";".join(name for name, on in (("short_history", s), ("unseen_regime", u)) if on)

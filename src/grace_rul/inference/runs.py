@@ -178,8 +178,9 @@ def calibrate(
     keys = sorted(truth)
     total = np.zeros(len(keys))
     count = np.zeros(len(keys))
-    for member, (val, val_units) in zip(members, held):
-        row = {k: i for i, k in enumerate(zip(val.unit.tolist(), val.cycle.tolist()))}
+    owner = np.zeros(len(keys), dtype=np.int64)
+    for i, (member, (val, val_units)) in enumerate(zip(members, held)):
+        row = {k: r for r, k in enumerate(zip(val.unit.tolist(), val.cycle.tolist()))}
         picked = [(j, row[k]) for j, k in enumerate(keys) if k[0] in val_units]
         if not picked:
             continue
@@ -187,16 +188,23 @@ def calibrate(
         pred, _ = predict(member.net, val.x[rows])
         total[where] += pred.numpy().astype(np.float64)
         count[where] += 1
+        owner[where] = i
     true = np.array([truth[k] for k in keys], dtype=np.float64)
+    folds = is_fold_ensemble(cfgs) and bool(np.all(count == 1))
+    if folds:
+        prediction = "the fold model that held the unit out (CV+)"
+    elif len(members) > 1:
+        prediction = "mean of the members that held the unit out"
+    else:
+        prediction = "the member's prediction"
     calibration = Calibration.from_residuals(
         true - total / count,
+        owner if folds else None,
         cuts_per_unit=CAL_CUTS,
         cut_seed=f"run seed + {CAL_SEED_OFFSET}",
         units=len({k[0] for k in keys}),
         windows=len(keys),
-        prediction="mean of the members that held the unit out"
-        if len(members) > 1
-        else "the member's prediction",
+        prediction=prediction,
     )
     first = cfgs[0].data
     raw = read_dataset(first, data_dir)
@@ -204,6 +212,17 @@ def calibrate(
         return calibration, np.zeros((0, 3))
     train = raw.train[raw.train["unit"].isin(sorted(train_units))]
     return calibration, Normalizer.fit(train, "regime").centroids
+
+
+def is_fold_ensemble(cfgs: list[Config]) -> bool:
+    """True when ``cfgs`` are the K fold runs of one cross-validation (folds 1..K, one seed)."""
+    k = cfgs[0].data.folds
+    return (
+        k >= 2
+        and len(cfgs) == k
+        and sorted(c.data.fold for c in cfgs) == list(range(1, k + 1))
+        and len({(c.data.folds, c.seed) for c in cfgs}) == 1
+    )
 
 
 def provenance(members: list[Member], contract: DataContract) -> dict[str, Any]:

@@ -1,0 +1,247 @@
+"""K-fold cross-validation over whole engines, and the fold ensemble it delivers.
+
+``grace train --folds K --out DIR`` (= ``--set data.folds=K``) deals the training units
+into K seeded folds of whole engines, stratified by life length
+(:func:`grace_rul.data.cmapss.fold_units`), and trains K complete runs: fold ``f`` trains
+on the other K-1 folds and selects its epoch on its own fold's truncated-validation
+score, exactly as a single run does on its hold-out. Every training engine is validated
+once, by the one model that never saw it.
+
+``DIR`` holds:
+
+=================  ==================================================================
+``config.yaml``    the run's config (``data.folds = K``, ``data.fold = 0``)
+``fold1/`` ...     one complete run directory per fold (``data.fold = f``); resumable
+``oof.csv``        every fold's out-of-fold predictions: unit, cut, true, predicted, fold
+``model/``         the K fold models as one model directory (CV+ intervals); only when
+                   the test split is scored
+``metrics.json``   ``cv`` (the CV score and its spread), the fold ensemble's test
+                   metrics (scored once) and each fold model's; written last
+=================  ==================================================================
+
+The **CV score** is the RMSE over all out-of-fold cuts of all training engines (the
+truncated last-window score of each fold, pooled); ``cv.fold_rmse`` and ``cv.std`` give
+its spread over folds. A killed fold run resumes from its ``last.pt``; finished folds are
+kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from grace_rul import __version__, rundir, source_commit
+from grace_rul.checkpoint import atomic_write_text
+from grace_rul.config import Config, Execution
+from grace_rul.errors import GraceError
+from grace_rul.metrics import PROTOCOL_LABELS
+from grace_rul.rundir import RunDir
+
+MODEL_DIR = "model"
+
+
+def fold_dir(root: str | Path, fold: int) -> Path:
+    """The run directory of 1-based ``fold`` inside a cross-validation directory."""
+    return Path(root) / f"fold{fold}"
+
+
+def is_fold_root(path: str | Path) -> bool:
+    """True when ``path`` is a cross-validation directory (its config has data.folds >= 2)."""
+    p = Path(path)
+    if not (p / rundir.CONFIG).is_file():
+        return False
+    try:
+        data = RunDir(p).read_config().get("data") or {}
+    except GraceError:
+        return False
+    return isinstance(data, dict) and int(data.get("folds") or 0) >= 2 and not data.get("fold")
+
+
+def fold_config(cfg: Config, fold: int) -> Config:
+    """The config of one fold's run: ``cfg`` with ``data.fold`` set."""
+    return replace(cfg, data=replace(cfg.data, fold=fold))
+
+
+def count_units(cfg: Config, data_dir: str | None = None) -> int:
+    """How many training units the dataset of ``cfg`` has (read before anything is written)."""
+    from grace_rul.data import read_dataset
+
+    return int(read_dataset(cfg.data, data_dir).train["unit"].nunique())
+
+
+def train_folds(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    execution: Execution | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    score_test: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train the K fold runs of ``cfg`` into ``out_dir``; return its ``metrics.json``.
+
+    ``on_epoch(step, score)`` sees every fold's epochs on one axis (``step`` =
+    ``(fold - 1) * train.epochs + epoch``, ``score`` the fold's best selection score so
+    far): a tuner's pruning hook. ``score_test=False`` (tuning trials) builds no test
+    split, scores none and writes no model directory.
+    """
+    from grace_rul.trainer import check_resumable, train
+
+    exe = execution or Execution()
+    k = cfg.data.folds
+    n_units = count_units(cfg, exe.data_dir)
+    if k > n_units:
+        raise GraceError(
+            f"data.folds={k} is more than the {n_units} training units of {cfg.data.dataset}"
+        )
+    root = RunDir(out_dir)
+    if resume:
+        root.prepare(resume=True, overwrite=False)
+        check_resumable(root, cfg)
+    else:
+        _prepare_root(root, overwrite)
+    atomic_write_text(root / rundir.CONFIG, cfg.to_yaml())
+
+    fold_metrics: list[dict[str, Any]] = []
+    for f in range(1, k + 1):
+        sub = RunDir(fold_dir(root.path, f))
+        hook = None
+        if on_epoch is not None:
+            hook = _fold_hook(on_epoch, (f - 1) * cfg.train.epochs)
+        if sub.is_finished():
+            fold_metrics.append(sub.read_metrics())
+            continue
+        again = sub.last.is_file()
+        if not again and sub.path.exists():
+            shutil.rmtree(sub.path)  # killed in its first epoch: nothing to keep
+        fold_metrics.append(
+            train(
+                fold_config(cfg, f),
+                sub.path,
+                execution=exe,
+                resume=again,
+                score_test=score_test,
+                on_epoch=hook,
+            )  # fmt: skip
+        )
+    oof = pd.concat([sub_oof(root.path, f) for f in range(1, k + 1)], ignore_index=True)
+    root.write_table(rundir.OOF, rundir.OOF_COLUMNS, oof.itertuples(index=False))
+    metrics = _metrics(cfg, oof, fold_metrics)
+    if score_test:
+        metrics.update(_fold_ensemble(root.path, k, exe.data_dir))
+    root.write_metrics(metrics)
+    return metrics
+
+
+def _prepare_root(root: RunDir, overwrite: bool) -> None:
+    out = root.path
+    if out.exists() and not out.is_dir():
+        raise GraceError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise GraceError(
+                f"--out {out} is not empty (use --overwrite to replace a run, --resume to continue)"
+            )
+        for child in out.iterdir():
+            if child.is_dir() and (child.name.startswith("fold") or child.name == MODEL_DIR):
+                shutil.rmtree(child)
+        for name in rundir.FILES:
+            (out / name).unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GraceError(f"--out {out} is not writable ({exc.strerror})") from None
+
+
+def _fold_hook(on_epoch: Callable[[int, float], None], offset: int) -> Callable[[int, float], None]:
+    def hook(epoch: int, score: float) -> None:
+        on_epoch(offset + epoch, score)
+
+    return hook
+
+
+def sub_oof(root: str | Path, fold: int) -> pd.DataFrame:
+    """The out-of-fold predictions of one finished fold run."""
+    return RunDir(fold_dir(root, fold)).read_table(rundir.OOF)[list(rundir.OOF_COLUMNS)]
+
+
+def cv_score(oof: pd.DataFrame) -> dict[str, Any]:
+    """The CV score of out-of-fold predictions: pooled RMSE, and per-fold RMSE with its spread."""
+    err = oof["predicted"].to_numpy(np.float64) - oof["true"].to_numpy(np.float64)
+    per_fold = [
+        float(np.sqrt(np.mean((g["predicted"] - g["true"]).to_numpy(np.float64) ** 2)))
+        for _, g in oof.groupby("fold", sort=True)
+    ]
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "fold_rmse": per_fold,
+        "fold_mean": float(np.mean(per_fold)),
+        "std": float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0,
+        "units": int(oof["unit"].nunique()),
+        "cuts": len(oof),
+    }
+
+
+def _metrics(cfg: Config, oof: pd.DataFrame, folds: list[dict[str, Any]]) -> dict[str, Any]:
+    cv = cv_score(oof)
+    return {
+        "kind": "folds",
+        "dataset": cfg.data.dataset,
+        "balancer": cfg.balancer.name,
+        "seed": cfg.seed,
+        "preset": cfg.preset,
+        "protocol": cfg.train.protocol,
+        "protocol_label": PROTOCOL_LABELS[cfg.train.protocol],
+        "select": cfg.train.select,
+        "folds": cfg.data.folds,
+        "cv": cv,
+        "val": {"rmse": cv["rmse"], "rmse_last": cv["rmse"]},
+        "test": None,
+        "test_split": "none (not built)",
+        "fold_runs": [
+            {
+                "fold": i + 1,
+                "val_rmse": m["val"]["rmse"],
+                "best_epoch": m["best_epoch"],
+                "epochs_run": m["epochs_run"],
+                "test": m.get("test"),
+            }
+            for i, m in enumerate(folds)
+        ],
+        "best_epoch": None,
+        "epochs_run": int(sum(m["epochs_run"] for m in folds)),
+        "params": folds[0]["params"],
+        "precision": folds[0]["precision"],
+        "seconds": round(sum(m["seconds"] for m in folds), 2),
+        "cpu_seconds": round(sum(m["cpu_seconds"] for m in folds), 2),
+        "cpu_seconds_per_model": round(sum(m["cpu_seconds"] for m in folds) / len(folds), 2),
+        "version": __version__,
+        "commit": source_commit(),
+    }
+
+
+def _fold_ensemble(root: Path, k: int, data_dir: str | None) -> dict[str, Any]:
+    """Combine the fold runs into ``root/model`` (CV+ intervals) and score it on the test set."""
+    from grace_rul.inference.evaluate import score_model
+    from grace_rul.inference.modelfile import save_model
+    from grace_rul.inference.runs import model_from_runs
+
+    model = model_from_runs(
+        [fold_dir(root, f) for f in range(1, k + 1)], require_finished=True, data_dir=data_dir
+    )
+    scored = score_model(model, data_dir=data_dir)
+    model.metrics = {"kind": "folds", **scored}
+    save_model(model, root / MODEL_DIR, overwrite=True)
+    return {
+        "test": scored["test"],
+        "test_split": scored.get("test_split", "test units, last window"),
+        "intervals": scored.get("intervals"),
+        "ensemble": f"mean of the {k} fold models; intervals {model.calibration.method}",
+    }
