@@ -1,4 +1,4 @@
-"""The ``grace`` command line: train, evaluate, sweep, table, report, export, predict, ensemble.
+"""The ``grace`` command line: train, evaluate, sweep, table, tune, report, export, predict, ...
 
 Every setting of a run is reachable from ``grace train`` as ``--set KEY=VALUE`` (see
 :mod:`grace_rul.config`); the named flags are aliases for the most used keys. Every
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from grace_rul.data.commands import add_data_parser
 from grace_rul.errors import GraceError
-from grace_rul.experiments.commands import add_sweep_parser, add_table_parser
+from grace_rul.experiments.commands import add_sweep_parser, add_table_parser, add_tune_parser
 from grace_rul.inference.commands import add_ensemble_parser, add_export_parser, add_predict_parser
 from grace_rul.reports.commands import add_report_parser
 
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_sweep_parser(sub)
     add_table_parser(sub)
+    add_tune_parser(sub)
     add_report_parser(sub)
     add_export_parser(sub)
     add_predict_parser(sub)

@@ -460,6 +460,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser, aliases: tuple[str, .
         help="set any config key, repeatable: --set train.lr=5e-4 --set model.dropout=0.2 "
         "--set balancer.options.beta=0.95 (see config.yaml of a run for every key)",
     )
+    parser.set_defaults(setting_aliases=aliases)  # which named flags settings_from_args reads
     for name in aliases:
         key, choices, text = ALIASES[name]
         parser.add_argument(
@@ -476,7 +477,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     pairs += [
         (key, yaml.safe_load(getattr(args, name)))
         for name, (key, _, _) in ALIASES.items()
-        if getattr(args, name, None) is not None
+        if name in getattr(args, "setting_aliases", ALIASES)
+        and getattr(args, name, None) is not None
     ]
     out: dict[str, Any] = {}
     for dotted, value in pairs:

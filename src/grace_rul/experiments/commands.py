@@ -171,3 +171,98 @@ def cmd_table(args: argparse.Namespace) -> int:
         sys.stdout.write(format_table(args.sweep_dir, args.fmt) + "\n")
     sys.stdout.write(comparison)
     return 0
+
+
+TUNE_ALIASES = ("dataset", "balancer", "seed", "epochs", "batch_size", "lr", "precision")
+
+
+def add_tune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``grace tune``: an Optuna study over config keys, judged on the CV score."""
+    from grace_rul.config import add_execution_arguments, add_setting_arguments
+    from grace_rul.experiments.tune import OBJECTIVES
+
+    p = subparsers.add_parser(
+        "tune",
+        help="search config keys with Optuna, judged on the K-fold CV score (never the test set)",
+        description="Run or resume an Optuna study (TPE, median pruning on the per-epoch fold "
+        "score) over the config keys of --space, on top of the same base settings as grace "
+        "train. Every trial is a K-fold cross-validation; it builds no test split. Writes "
+        "OUT/study.yaml, OUT/study.db (the default SQLite storage), OUT/trials/, OUT/trials.csv "
+        "and OUT/best.yaml (grace train --config OUT/best.yaml).",
+    )
+    add_setting_arguments(p, TUNE_ALIASES)
+    p.add_argument("--space", required=True, help="YAML search space: KEY: {DISTRIBUTION: ...}")
+    p.add_argument("--trials", type=int, required=True, help="finished + pruned trials wanted")
+    p.add_argument("--folds", type=int, default=3, help="K of each trial's CV (default 3)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--storage",
+        help="Optuna RDB URL shared by workers on several machines, e.g. "
+        "postgresql://user:pass@host/db (default: sqlite:///OUT/study.db)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default="rmse",
+        help="rmse: CV RMSE (pruned); rmse,cpu: CV RMSE and CPU seconds per model (Pareto front)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between a running trial's heartbeats; silent for twice this, it is "
+        "failed and retried (default 60)",
+    )
+    p.add_argument(
+        "--extend", action="store_true", help="continue a study made with other settings"
+    )
+    p.add_argument("--out", required=True, help="study directory (created or continued)")
+    add_execution_arguments(p)
+    p.set_defaults(func=cmd_tune)
+    return p
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run the study and print its summary as JSON."""
+    import json
+    from pathlib import Path
+
+    from grace_rul.config import (
+        DEFAULT_PRESET,
+        execution_from_args,
+        load_yaml,
+        merge_overrides,
+        settings_from_args,
+    )
+    from grace_rul.errors import GraceError
+    from grace_rul.experiments.tune import STUDY_DB, TuneSpec, _optuna, run_tune
+
+    _optuna()  # refuse early when Optuna is missing
+    if args.folds < 2:
+        raise GraceError(f"--folds needs K >= 2 (got {args.folds})")
+    if args.trials < 1 or args.workers < 1 or args.heartbeat < 1:
+        raise GraceError("--trials, --workers and --heartbeat must be >= 1")
+    base = merge_overrides(load_yaml(args.config) if args.config else {}, settings_from_args(args))
+    preset = args.preset or base.pop("preset", None) or DEFAULT_PRESET
+    base.pop("preset", None)
+    data = base.setdefault("data", {})
+    data.setdefault("dataset", "FD001")
+    data.pop("folds", None)
+    out = Path(args.out)
+    storage = args.storage or f"sqlite:///{(out / STUDY_DB).absolute()}"
+    exe = execution_from_args(args)
+    spec = TuneSpec(
+        out=str(out),
+        base=base,
+        preset=preset,
+        space=load_yaml(args.space, "search space"),
+        folds=args.folds,
+        objective=args.objective,
+        seed=int(base.get("seed", 42)),
+        trials=args.trials,
+        storage=storage,
+        heartbeat=args.heartbeat,
+        execution={"threads": exe.threads, "data_dir": exe.data_dir, "device": exe.device},
+    )
+    print(json.dumps(run_tune(spec, workers=args.workers, extend=args.extend), indent=2))
+    return 0
