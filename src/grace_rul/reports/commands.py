@@ -19,13 +19,14 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Add the ``report`` sub-command to the ``grace`` CLI's subparsers."""
     parser = subparsers.add_parser(
         "report",
-        help="write figures and a self-contained HTML report for a run or sweep dir",
+        help="write figures and a self-contained HTML report for a run, CV, study or sweep dir",
         description=(
             "Write PNG figures and one self-contained report.html (figures embedded) for a "
-            "run directory (metrics.json + history.csv) or a sweep directory (runs/*/)."
+            "run directory (metrics.json + history.csv), a cross-validation directory (grace "
+            "train --folds), a grace tune study directory or a sweep directory (runs/*/)."
         ),
     )
-    parser.add_argument("path", help="run dir or sweep dir")
+    parser.add_argument("path", help="run, cross-validation, study or sweep dir")
     parser.add_argument("--out", default=None, help="output directory (default: PATH/report)")
     parser.set_defaults(func=run_report)
     return parser

@@ -13,6 +13,7 @@ from grace_rul.errors import GraceError
 from grace_rul.experiments.grid import GRID_FILE, RESULTS_FILE
 from grace_rul.reports import figures as F
 from grace_rul.reports import page as P
+from grace_rul.reports import studies as S
 from grace_rul.reports.loading import (
     NO_RUN_HINT,
     RunData,
@@ -35,6 +36,7 @@ _FIGURE_NAMES = (
     "confusion",
     "box_rmse",
     "box_nasa",
+    *S.FIGURE_NAMES,
 )
 
 
@@ -163,7 +165,8 @@ def _sweep_page(sweep: SweepData, out: Path) -> tuple[str, set[str]]:
 def write_report(path: str | Path, out: Path | None = None) -> Path:
     """Write figures (PNG) and one self-contained ``report.html`` for a run or sweep dir.
 
-    ``path`` is a run dir (metrics.json + history.csv) or a sweep dir
+    ``path`` is a run dir (metrics.json + history.csv), a cross-validation dir
+    (``grace train --folds``), a ``grace tune`` study dir or a sweep dir
     (runs/*/metrics.json); ``out`` defaults to ``path/report``. Returns the HTML path.
     Optional files that are missing only drop their figure (with a note on the page).
     """
@@ -172,7 +175,13 @@ def write_report(path: str | Path, out: Path | None = None) -> Path:
         raise GraceError(f"no such directory: {path}")
     if not path.is_dir():
         raise GraceError(f"not a directory: {path} (give a run dir or a sweep dir)")
-    if is_run_dir(path):
+    from grace_rul.folds import is_fold_root
+
+    if S.is_study_dir(path):
+        kind = "study"
+    elif is_fold_root(path) and (path / METRICS).is_file():
+        kind = "folds"
+    elif is_run_dir(path):
         kind = "run"
     elif sweep_cells(path):
         kind = "sweep"
@@ -189,7 +198,11 @@ def write_report(path: str | Path, out: Path | None = None) -> Path:
     except OSError as e:
         raise GraceError(f"cannot create report directory {out}: {e}") from e
 
-    if kind == "run":
+    if kind == "study":
+        text, written = S.study_page(path, lambda b: _draw(b, out))
+    elif kind == "folds":
+        text, written = S.folds_page(path, lambda b: _draw(b, out))
+    elif kind == "run":
         text, written = _run_page(load_run(path), out)
     else:
         text, written = _sweep_page(load_sweep(path), out)
