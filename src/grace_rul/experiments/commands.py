@@ -263,6 +263,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         storage=storage,
         heartbeat=args.heartbeat,
         execution={"threads": exe.threads, "data_dir": exe.data_dir, "device": exe.device},
+        shared=args.storage is not None,
     )
     print(json.dumps(run_tune(spec, workers=args.workers, extend=args.extend), indent=2))
     return 0

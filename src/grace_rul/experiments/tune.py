@@ -15,8 +15,9 @@ Search space (YAML, one config key per entry)::
 Study
     TPE (:class:`optuna.samplers.TPESampler`, seeded with the config's seed plus the
     worker's index and the trials already in the study, so a resumed study does not
-    draw the same points again; ``constant_liar`` so parallel workers do not pick the
-    same point).
+    draw the same points again; with ``--storage`` also with the process's host and pid,
+    since processes on several machines cannot agree on an index; ``constant_liar`` so
+    parallel workers do not pick the same point).
     With one objective, trials are pruned by :class:`optuna.pruners.MedianPruner` on the
     per-epoch fold score: every fold's best selection score so far is reported at step
     ``(fold - 1) * train.epochs + epoch``; all trials share the seed and so the folds, so
@@ -48,6 +49,7 @@ import socket
 import sys
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,6 +208,7 @@ class TuneSpec:
     storage: str
     heartbeat: int = 60
     execution: dict[str, Any] = field(default_factory=dict)
+    shared: bool = False  # --storage: a study that processes on other machines may join
 
     def defining(self) -> dict[str, Any]:
         """What ``study.yaml`` holds and a restart must match."""
@@ -392,6 +395,8 @@ def work(spec: TuneSpec, index: int) -> None:
     # Seeded, but not the same draws again when a study resumes or a second worker joins.
     started = len(optuna.load_study(study_name=spec.study_name, storage=storage).trials)
     seed = spec.seed + 1000 * index + started
+    if spec.shared:  # processes on several machines cannot agree on an index
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     pruner = optuna.pruners.MedianPruner(**PRUNER)
     study = optuna.load_study(

@@ -9,6 +9,7 @@ directly, as every report figure is.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,9 @@ def importance_plot(study) -> Rendered:
 
     try:
         target = None if len(study.directions) == 1 else (lambda t: t.values[0])
-        imp = optuna.importance.get_param_importances(study, target=target)
+        with warnings.catch_warnings():  # "importances of params to achieve low target": yes
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(study, target=target)
     except (RuntimeError, ValueError) as exc:
         raise Skip(f"Optuna cannot rank the parameters yet ({str(exc).splitlines()[0]})") from None
     if not imp:
