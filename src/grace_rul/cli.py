@@ -38,7 +38,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_setting_arguments(p, TRAIN_ALIASES)
     add_execution_arguments(p)
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument(
+        "--out",
+        help="run directory to write (default: runs/DATASET-BALANCER-sSEED, -foldsK with --folds)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
@@ -52,12 +55,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.folds is not None and args.folds.strip() in ("0", "1"):
         raise GraceError(f"--folds needs K >= 2 (got {args.folds}; without --folds: one hold-out)")
+    if args.resume and args.out is None:
+        raise GraceError("--resume needs --out: the run directory to continue")
     yaml_cfg = load_yaml(args.config) if args.config else {}
     if args.resume and not args.config:
         # Resuming without a config file: start from the saved config, flags still override.
         saved = Path(args.out) / "config.yaml"
         yaml_cfg = load_yaml(saved) if saved.is_file() else {}
     cfg = resolve_config(args.preset, yaml_cfg, settings_from_args(args))
+    if args.out is None:
+        args.out = str(default_out(cfg))
     metrics = train(
         cfg,
         args.out,
@@ -77,6 +84,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary["model"] = str(Path(args.out) / "model")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def default_out(cfg) -> Path:
+    """``runs/FD001-gaba-s42`` (``-folds5`` for a cross-validation): where a run goes."""
+    name = Path(cfg.data.dataset).stem if Path(cfg.data.dataset).suffix else cfg.data.dataset
+    folds = f"-folds{cfg.data.folds}" if cfg.data.folds >= 2 else ""
+    return Path("runs") / f"{name}-{cfg.balancer.name}-s{cfg.seed}{folds}"
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:

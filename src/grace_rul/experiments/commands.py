@@ -216,7 +216,9 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument(
         "--extend", action="store_true", help="continue a study made with other settings"
     )
-    p.add_argument("--out", required=True, help="study directory (created or continued)")
+    p.add_argument(
+        "--out", help="study directory, created or continued (default: tunes/DATASET, lower case)"
+    )
     add_execution_arguments(p)
     p.set_defaults(func=cmd_tune)
     return p
@@ -248,7 +250,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     data = base.setdefault("data", {})
     data.setdefault("dataset", "FD001")
     data.pop("folds", None)
-    out = Path(args.out)
+    name = str(data["dataset"])
+    out = Path(args.out or Path("tunes") / (Path(name).stem if Path(name).suffix else name).lower())
     storage = args.storage or f"sqlite:///{(out / STUDY_DB).absolute()}"
     exe = execution_from_args(args)
     spec = TuneSpec(
