@@ -293,8 +293,8 @@ def fail_dead_trials(study: Any) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
         if t.user_attrs.get("host") == host and isinstance(pid, int) and not _alive(pid):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            _retry(study, study._storage.get_trial(t._trial_id))
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            _retry(study, t)
             dead.append(t.number)
     return dead
 
