@@ -239,7 +239,8 @@ def train(
             if epoch + 1 == t.swa_start:
                 log(f"SWA from epoch {epoch + 1}: evaluating the average of the epochs' weights")
             swa.update_parameters(model)
-        with nullcontext(swa.module) if use_swa else ema.swapped(model) as net:
+        net = swa.module if use_swa else model
+        with nullcontext() if use_swa else ema.swapped(model):
             val_all = score_split(net, data.val)[0]
             val_last = score_split(net, data.val_last)[0]
             test_now = score_split(net, data.test)[0] if t.protocol == "paper" else None

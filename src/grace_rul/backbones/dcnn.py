@@ -19,6 +19,7 @@ About 45 k parameters at W = 30 and 14 sensors.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from grace_rul.backbones.registry import register
@@ -60,4 +61,8 @@ class DCNN(DualTaskNet):
                 nn.init.zeros_(m.bias)
 
     def representation(self, x: Tensor) -> Tensor:
-        return self.fc(self.conv(x.unsqueeze(1)))
+        # Channels-last activations after the first layer take oneDNN's faster kernels for
+        # these 10-channel k x 1 convolutions (about 2x on an AVX2 CPU); the weights and
+        # the result are unchanged.
+        h = self.conv[:3](x.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
+        return self.fc(self.conv[3:](h))
