@@ -49,12 +49,19 @@ __all__ = [
     "resolve_config",
 ]
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("plateau", "cosine", "onecycle")  # train.schedule
 
 
 @dataclass
 class ModelConfig:
-    """Dual-task network shape (docs/design.md §2); the defaults are the ``paper`` preset."""
+    """Dual-task network shape (docs/design.md §2, docs/architectures.md).
 
+    The defaults are the ``paper`` preset. ``arch`` picks the backbone
+    (:mod:`grace_rul.backbones`); each architecture reads the keys its docstring names.
+    """
+
+    arch: str = "cnn_bilstm_attention"  # cnn_bilstm_attention | dcnn | transformer | tcn
+    pooling: str = "auto"  # auto (the arch's own) | mean | last | attention (where supported)
     conv_channels: list[int] = field(default_factory=lambda: [32, 64, 32])
     kernel_size: int = 3
     lstm_hidden: int = 256
@@ -63,6 +70,12 @@ class ModelConfig:
     fc: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = 0.3
     forget_bias: float = 1.0  # initial LSTM forget-gate bias (the write-up: 1)
+    # transformer only (attn_heads and fc are shared with cnn_bilstm_attention; tcn reads
+    # conv_channels and kernel_size as its blocks' widths and kernel)
+    d_model: int = 64  # token width
+    depth: int = 2  # encoder layers
+    ff: int = 128  # feed-forward width of an encoder layer
+    positions: str = "learned"  # learned | sinusoidal
 
 
 @dataclass
@@ -74,7 +87,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_epochs: int = 10
+    schedule: str = "plateau"  # plateau | cosine | onecycle (trainer docstring)
+    warmup_epochs: int = 10  # plateau and cosine; onecycle warms up itself
     plateau_factor: float = 0.5
     plateau_patience: int = 30
     min_lr: float = 5e-6
@@ -82,6 +96,7 @@ class TrainConfig:
     weight_decay_schedule: list[list[float]] = field(default_factory=list)  # [[epoch, factor]]
     clip: float = 1.0
     clip_mode: str = "norm"  # norm (joint L2 over the model's parameters) | value
+    swa_start: int = 0  # SWA: average the weights once per epoch from this epoch on; 0 = off
     ema_decay: float = 0.999
     ema_warmup: bool = False
     precision: str = "auto"  # auto | 32 | bf16 | 16 (fp16 needs CUDA)
@@ -175,6 +190,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "attn_heads": 2,
             "fc": [16, 8],
             "dropout": 0.0,
+            "d_model": 16,
+            "depth": 1,
+            "ff": 32,
         },
         "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 512, "ema_warmup": True},
     },
@@ -361,12 +379,16 @@ def validate(cfg: Config) -> None:
         m.lstm_hidden > 0 and m.lstm_layers >= 1,
         "model.lstm_hidden and model.lstm_layers must be >= 1",
     )
+    need(m.attn_heads >= 1, f"model.attn_heads must be >= 1 (got {m.attn_heads})")
     need(
-        m.attn_heads >= 1 and (2 * m.lstm_hidden) % m.attn_heads == 0,
-        f"model.attn_heads ({m.attn_heads}) must divide 2 x lstm_hidden ({2 * m.lstm_hidden})",
+        m.d_model >= 1 and m.depth >= 1 and m.ff >= 1,
+        "model.d_model, model.depth and model.ff must be >= 1",
     )
     need(all(h > 0 for h in m.fc), "model.fc sizes must be positive")
     need(0 <= m.dropout < 1, f"model.dropout must be in [0, 1) (got {m.dropout})")
+    from grace_rul.backbones import check_model
+
+    check_model(m)  # unknown arch (lists the names), unsupported pooling, the arch's sizes
     need(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
     need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     need(math.isfinite(t.lr) and t.lr > 0, f"train.lr must be > 0 (got {t.lr})")
@@ -382,7 +404,12 @@ def validate(cfg: Config) -> None:
         len(t.betas) == 2 and all(0 <= x < 1 for x in t.betas),
         "train.betas must be two values in [0, 1)",
     )
+    need(
+        t.schedule in SCHEDULES,
+        f"train.schedule must be one of {', '.join(SCHEDULES)} (got {t.schedule})",
+    )
     need(t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0")
+    need(t.swa_start >= 0, f"train.swa_start must be >= 0, 0 = off (got {t.swa_start})")
     need(0 < t.plateau_factor < 1, "train.plateau_factor must be in (0, 1)")
     need(
         t.plateau_patience >= 0 and t.early_stop_patience >= 1,

@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from grace_rul.config import Config, config_from_dict
-from grace_rul.data import Split
+from grace_rul.data import Split, window_rows
 from grace_rul.metrics import evaluate_predictions
 from grace_rul.model import DualTaskNet, build_model, predict
 
@@ -37,7 +37,10 @@ def load_inference_model(
     """The network of a checkpoint with its inference (EMA) weights loaded, in eval mode."""
     cfg = config_from_dict(checkpoint["config"])
     model = build_model(
-        cfg.model, n_features=len(checkpoint["feature_names"]), max_rul=cfg.data.max_rul
+        cfg.model,
+        n_features=len(checkpoint["feature_names"]),
+        max_rul=cfg.data.max_rul,
+        window=window_rows(cfg.data),
     )
     model.load_state_dict(checkpoint["inference"])
     return model.to(device).eval(), cfg

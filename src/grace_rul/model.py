@@ -1,19 +1,24 @@
 """The dual-task network (docs/design.md §2): a shared backbone with a RUL head and a health head.
 
-Backbone: Conv1d stack over the sensor channels -> BiLSTM -> multi-head
-self-attention with a residual connection (+ LayerNorm) -> mean over time ->
-fully connected layers. Heads: RUL (1 output, in cycles) and health (3 logits).
+:class:`DualTaskNet` is the part every architecture shares: whatever backbone turns a
+window ``x`` (B, window rows, features) into the shared representation ``z`` (B, width),
+a RUL head (1 output, in cycles) and a health head (3 logits) read ``z``. Each
+architecture is a subclass in :mod:`grace_rul.backbones`, one file per architecture,
+selected by ``model.arch`` (default ``cnn_bilstm_attention``, the write-up's
+Conv1d-BiLSTM-attention network). A subclass builds its layers in
+:meth:`DualTaskNet.build_backbone` and maps windows to ``z`` in
+:meth:`DualTaskNet.representation`; the heads, the parameter partition the balancers
+use (:meth:`~DualTaskNet.shared_parameters`, :meth:`~DualTaskNet.head_parameters`,
+:meth:`~DualTaskNet.last_shared_layer_params`) and the data-driven RUL bias are here,
+so every balancer and stabiliser works on every architecture. The backbone's layers are
+registered on the network itself, before the heads: state-dict keys (``conv.0.weight``,
+``rul_head.bias``) are those of every earlier model file, and the last shared layer's
+parameters come just before the heads'.
 
-Initialisation (done once, in :meth:`DualTaskNet.reset_parameters`): He (Kaiming)
-normal for the convolutions and the ReLU fully connected layers, Xavier uniform
-for the attention projections and the two heads, orthogonal recurrent
-(hidden-to-hidden) and Xavier input-to-hidden LSTM weights, zero biases except
-the LSTM forget-gate bias, which starts at ``model.forget_bias`` (1, the write-up's) -
-set in ``bias_ih`` with ``bias_hh`` 0, since PyTorch adds the two. The trainer then sets
-the RUL head's bias from data (:meth:`DualTaskNet.init_rul_bias`): the mean initial
-prediction over training windows equals the mean training target, instead of sitting
-100-250 cycles below zero, so the first steps learn the shape of degradation rather than
-undo an offset.
+The trainer sets the RUL head's bias from data (:meth:`DualTaskNet.init_rul_bias`): the
+mean initial prediction over training windows equals the mean training target, instead
+of sitting 100-250 cycles below zero, so the first steps learn the shape of degradation
+rather than undo an offset.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ from grace_rul.config import ModelConfig
 
 
 class DualTaskNet(nn.Module):
-    """Shared Conv1d-BiLSTM-attention backbone with a RUL regression head and a health head.
+    """A backbone (the subclass) -> shared representation -> RUL head and health head.
 
-    ``forward`` returns ``(rul, health_logits, representation)``; ``rul`` is in
-    cycles (the head's output times ``rul_scale``, which keeps the regression
-    target near unit scale).
+    ``forward`` returns ``(rul, health_logits, representation)``; ``rul`` is in cycles
+    (the head's output times ``rul_scale``, which keeps the regression target near unit
+    scale). ``window`` is the number of rows of an input window (``data.window``, plus 2
+    with ``data.window_features``); only architectures that flatten the window or learn
+    one vector per position need it.
     """
+
+    arch: str = ""  # the registry name (grace_rul.backbones.register)
+    poolings: tuple[str, ...] = ()  # model.pooling values it supports; the first is "auto"
 
     def __init__(
         self,
@@ -38,64 +48,39 @@ class DualTaskNet(nn.Module):
         cfg: ModelConfig,
         rul_scale: float = 125.0,
         n_health: int = 3,
+        window: int = 30,
     ):
         super().__init__()
         self.rul_scale = float(rul_scale)
-        self.forget_bias = float(cfg.forget_bias)
-        convs: list[nn.Module] = []
-        channels = n_features
-        for out in cfg.conv_channels:
-            convs += [
-                nn.Conv1d(channels, out, cfg.kernel_size, padding=cfg.kernel_size // 2),
-                nn.ReLU(),
-            ]
-            channels = out
-        self.conv = nn.Sequential(*convs)
-        self.lstm = nn.LSTM(
-            channels,
-            cfg.lstm_hidden,
-            num_layers=cfg.lstm_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0,
-        )
-        width = 2 * cfg.lstm_hidden
-        self.attention = nn.MultiheadAttention(
-            width, cfg.attn_heads, dropout=cfg.dropout, batch_first=True
-        )
-        self.norm = nn.LayerNorm(width)
-        fcs: list[nn.Module] = []
-        for h in cfg.fc:
-            fcs += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
-            width = h
-        self.fc = nn.Sequential(*fcs)
+        width = self.build_backbone(n_features, window, cfg)
         self.rul_head = nn.Linear(width, 1)
         self.health_head = nn.Linear(width, n_health)
         self.reset_parameters()
 
+    # -- what an architecture provides -----------------------------------------------------
+    def build_backbone(self, n_features: int, window: int, cfg: ModelConfig) -> int:
+        """Create the backbone's layers on ``self``; return the width of ``z``."""
+        raise NotImplementedError
+
+    def representation(self, x: Tensor) -> Tensor:
+        """Shared representation (B, width) of windows ``x`` shaped (B, window, features)."""
+        raise NotImplementedError
+
+    def reset_backbone(self) -> None:
+        """Initialise the backbone's layers (called once, before the heads are initialised)."""
+
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> str | None:
+        """A one-line problem with ``cfg`` for this architecture, or ``None``."""
+        return None
+
+    # -- shared by every architecture -------------------------------------------------------
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv1d) or (isinstance(m, nn.Linear) and m not in self.heads()):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        """The backbone's own initialisation, then Xavier-uniform heads with zero biases."""
+        self.reset_backbone()
         for head in self.heads():
             nn.init.xavier_uniform_(head.weight)
             nn.init.zeros_(head.bias)
-        nn.init.xavier_uniform_(self.attention.in_proj_weight)
-        nn.init.zeros_(self.attention.in_proj_bias)
-        nn.init.xavier_uniform_(self.attention.out_proj.weight)
-        nn.init.zeros_(self.attention.out_proj.bias)
-        hidden = self.lstm.hidden_size
-        for name, p in self.lstm.named_parameters():
-            if name.startswith("weight_hh"):
-                for gate in p.data.chunk(4, 0):
-                    nn.init.orthogonal_(gate)
-            elif name.startswith("weight_ih"):
-                nn.init.xavier_uniform_(p)
-            else:
-                nn.init.zeros_(p)
-                if name.startswith("bias_ih"):  # forget gate (gate order i, f, g, o)
-                    p.data[hidden : 2 * hidden] = self.forget_bias
 
     @torch.no_grad()
     def init_rul_bias(self, x: Tensor, target_mean: float) -> None:
@@ -112,14 +97,6 @@ class DualTaskNet(nn.Module):
     def heads(self) -> tuple[nn.Linear, nn.Linear]:
         return (self.rul_head, self.health_head)
 
-    def representation(self, x: Tensor) -> Tensor:
-        """Shared representation (B, fc[-1]) of windows ``x`` shaped (B, window, features)."""
-        h = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        h, _ = self.lstm(h)
-        a, _ = self.attention(h, h, h, need_weights=False)
-        h = self.norm(h + a)
-        return self.fc(h.mean(dim=1))
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z = self.representation(x)
         return self.rul_head(z).squeeze(-1) * self.rul_scale, self.health_head(z), z
@@ -133,10 +110,19 @@ class DualTaskNet(nn.Module):
         """Per task (RUL, health): the parameters only that task uses."""
         return [list(h.parameters()) for h in self.heads()]
 
+    def last_shared_layer(self) -> nn.Module:
+        """The module that owns the last shared parameters (the layer that outputs ``z``)."""
+        heads = {id(h) for h in self.heads()}
+        owners = [
+            m
+            for m in self.modules()
+            if id(m) not in heads and next(m.parameters(recurse=False), None) is not None
+        ]
+        return owners[-1]
+
     def last_shared_layer_params(self) -> int:
         """How many trailing entries of :meth:`shared_parameters` form the last shared layer."""
-        last = [m for m in self.fc if isinstance(m, nn.Linear)]
-        return len(list(last[-1].parameters())) if last else len(list(self.norm.parameters()))
+        return len(list(self.last_shared_layer().parameters(recurse=False)))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -144,9 +130,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0) -> DualTaskNet:
-    """The network for a config (features = 14 informative sensors by default)."""
-    return DualTaskNet(n_features, cfg, rul_scale=max_rul)
+def build_model(
+    cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0, window: int = 30
+) -> DualTaskNet:
+    """The ``cfg.arch`` network for a config (14 informative sensors by default).
+
+    ``window`` is the number of rows of an input window
+    (:func:`grace_rul.data.cmapss.window_rows`).
+    """
+    from grace_rul.backbones import backbone_class
+
+    return backbone_class(cfg.arch)(n_features, cfg, rul_scale=max_rul, window=window)
 
 
 @torch.no_grad()

@@ -13,6 +13,32 @@ Per epoch:  weight decay from the schedule -> batches -> the epoch's statistics 
             gradient-statistics rows -> ``last.pt`` (everything an exact resume needs).
 At the end the best weights are restored and the test set is scored once.
 
+LR schedules (``train.schedule``; epochs e counted from 0, W = ``train.warmup_epochs``,
+E = ``train.epochs``, lr0 = ``train.lr``):
+
+* ``plateau`` (default): epoch e < W trains at ``lr0 (0.1 + 0.9 e / W)`` (``LinearLR``
+  stepped at the end of each warmup epoch), then ``ReduceLROnPlateau`` on the selection
+  score, stepped once per epoch from the end of epoch W on.
+* ``cosine``: the same warmup, then ``CosineAnnealingLR`` stepped once per epoch: epoch
+  e >= W trains at ``min_lr + (lr0 - min_lr) (1 + cos(pi (e - W) / (E - W))) / 2``.
+* ``onecycle``: ``OneCycleLR`` stepped after every applied optimiser step over
+  ``E x batches per epoch`` steps (torch's defaults: 30 % cosine warm-up from lr0 / 25
+  up to lr0, cosine annealing to lr0 / 25 / 1e4; momentum not cycled, so AdamW's betas
+  stay ``train.betas``); ``train.warmup_epochs`` and ``min_lr`` are not used.
+
+``cosine`` and ``onecycle`` are shaped by ``train.epochs``, so a resume cannot extend them.
+
+Stochastic weight averaging (``train.swa_start`` = s > 0, ``torch.optim.swa_utils``):
+from epoch s on (counted from 1, as in the logs) the live weights are snapshotted into an
+``AveragedModel`` once per epoch, after its batches; its weights are the equal-weight mean
+of the snapshots taken so far. From that epoch on the averaged weights replace the EMA
+weights wherever the EMA's would be used: they are evaluated (validation, selection,
+plateau, early stopping), saved as the best checkpoint's inference weights and scored
+on the test set at the end (and exported by ``grace export``). Before epoch s everything
+is as without SWA. The EMA keeps updating every step but is not evaluated once SWA has
+started. The schedule is left as set (no SWA learning rate); none of the architectures
+has BatchNorm, so no statistics need recomputing.
+
 Everything that is not the loop itself (building the components, resume, the
 output files, final scoring) lives in the helpers below it. The resumable state
 is the loop's own values (:class:`LoopState`) plus a name -> component mapping
@@ -25,6 +51,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +64,7 @@ from grace_rul import __version__, rundir, source_commit
 from grace_rul.balancers import StepGrads, balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
 from grace_rul.config import Config, Execution, config_from_dict
-from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows
+from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows, window_rows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split, test_metrics
 from grace_rul.inference.conformal import run_interval_metrics
@@ -133,7 +160,8 @@ def train(
     clipper, guard, spikes, precision = (
         parts["clipper"], parts["guard"], parts["spikes"], parts["precision"]
     )  # fmt: skip
-    warmup, plateau, order = parts.get("warmup"), parts["plateau"], parts["rng"].generator
+    warmup, plateau, order = parts.get("warmup"), parts.get("plateau"), parts["rng"].generator
+    cosine, onecycle, swa = parts.get("cosine"), parts.get("onecycle"), parts.get("swa")
     shared, heads = model.shared_parameters(), model.head_parameters()
     last_layer = model.last_shared_layer_params()
     all_params = list(model.parameters()) + list(balancer.parameters())
@@ -186,6 +214,8 @@ def train(
             grad_norm = clipper.clip(model.parameters())
             precision.step(optimizer)
             precision.update()
+            if onecycle is not None:
+                onecycle.step()
             losses_after = None
             if balancer.needs_post_step_losses:  # FAMO: the same batch's losses after the step
                 with torch.no_grad(), precision.autocast():
@@ -217,23 +247,33 @@ def train(
         if stat.steps:
             balancer.end_epoch(epoch, (stat.losses / stat.steps).float())
 
-        # ---- evaluate with the EMA weights swapped in (and always swapped back)
-        with ema.swapped(model):
-            val_all = score_split(model, data.val)[0]
-            val_last = score_split(model, data.val_last)[0]
-            test_now = score_split(model, data.test)[0] if t.protocol == "paper" else None
+        # ---- evaluate with the EMA weights swapped in (and always swapped back), or from
+        # train.swa_start on with the SWA average of the epochs' weights
+        use_swa = swa is not None and epoch + 1 >= t.swa_start
+        if use_swa:
+            if epoch + 1 == t.swa_start:
+                log(f"SWA from epoch {epoch + 1}: evaluating the average of the epochs' weights")
+            swa.update_parameters(model)
+        net = swa.module if use_swa else model
+        with nullcontext() if use_swa else ema.swapped(model):
+            val_all = score_split(net, data.val)[0]
+            val_last = score_split(net, data.val_last)[0]
+            test_now = score_split(net, data.test)[0] if t.protocol == "paper" else None
         val = val_last if t.select == "last" else val_all
         score = test_now["rmse"] if test_now is not None else val["rmse"]
         val_rmse_shown = val["rmse"]
         if warmup is not None and epoch < t.warmup_epochs:
             warmup.step()  # LR position of the next epoch: lr0 * (0.1 + 0.9 e / warmup)
         if epoch >= t.warmup_epochs:
-            plateau.step(score)
+            if plateau is not None:
+                plateau.step(score)
+            if cosine is not None:
+                cosine.step()
         is_best = score < state.best_score
         if is_best:
             state.best_score, state.best_epoch, state.stale_epochs = score, epoch, 0
             record = {**val, "rmse_all": val_all["rmse"], "rmse_last": val_last["rmse"]}
-            _save_best(run, model, ema, data, cfg, epoch, record)
+            _save_best(run, model, ema, data, cfg, epoch, record, swa if use_swa else None)
         else:
             state.stale_epochs += 1
 
@@ -315,7 +355,12 @@ def _device(exe: Execution) -> torch.device:
 def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any]:
     """Every stateful component of a run, by the name its state has in ``last.pt``."""
     t = cfg.train
-    model = build_model(cfg.model, n_features=len(data.feature_names), max_rul=cfg.data.max_rul)
+    model = build_model(
+        cfg.model,
+        n_features=len(data.feature_names),
+        max_rul=cfg.data.max_rul,
+        window=window_rows(cfg.data),
+    )
     model.init_rul_bias(bias_windows(data.train.x), float(data.train.rul.mean()))
     model.to(device)
     balancer = build_balancer(cfg.balancer.name, cfg.balancer.options).to(device)
@@ -326,12 +371,18 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
     optimizer = torch.optim.AdamW(
         groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=True
     )
-    parts: dict[str, Any] = {
-        "model": model,
-        "optimizer": optimizer,
-        "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau(
+    sched = torch.optim.lr_scheduler
+    parts: dict[str, Any] = {"model": model, "optimizer": optimizer}
+    if t.schedule == "plateau":
+        parts["plateau"] = sched.ReduceLROnPlateau(
             optimizer, "min", factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr
-        ),
+        )
+    elif t.schedule == "onecycle":
+        steps = t.epochs * -(-len(data.train) // t.batch_size)
+        parts["onecycle"] = sched.OneCycleLR(
+            optimizer, max_lr=t.lr, total_steps=steps, cycle_momentum=False
+        )
+    parts.update({
         "ema": ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup),
         "balancer": balancer,
         "clipper": GradClipper(max_norm=t.clip, mode=t.clip_mode),
@@ -339,11 +390,17 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
         "spikes": SpikeDetector(factor=t.spike_factor),
         "precision": Precision(t.precision, device),
         "rng": RngStreams(torch.Generator().manual_seed(cfg.seed)),  # data order
-    }
-    if t.warmup_epochs > 0:
-        parts["warmup"] = torch.optim.lr_scheduler.LinearLR(
-            optimizer, 0.1, 1.0, total_iters=t.warmup_epochs
+    })  # fmt: skip
+    if t.warmup_epochs > 0 and t.schedule != "onecycle":
+        parts["warmup"] = sched.LinearLR(optimizer, 0.1, 1.0, total_iters=t.warmup_epochs)
+    if t.schedule == "cosine":
+        # Built after the warmup and stepped only after it: its recursive form continues
+        # from lr0, where the warmup ends.
+        parts["cosine"] = sched.CosineAnnealingLR(
+            optimizer, T_max=max(t.epochs - t.warmup_epochs, 1), eta_min=t.min_lr
         )
+    if t.swa_start > 0:
+        parts["swa"] = torch.optim.swa_utils.AveragedModel(model)
     return parts
 
 
@@ -398,7 +455,8 @@ def check_resumable(run: RunDir, cfg: Config) -> None:
         old = config_from_dict(run.read_config())
     except GraceError as exc:
         raise GraceError(f"cannot resume: {exc}") from None
-    diff = [k for k in _config_diff(old.to_dict(), cfg.to_dict()) if k not in EXTENDABLE_KEYS]
+    extendable = EXTENDABLE_KEYS if cfg.train.schedule == "plateau" else ()
+    diff = [k for k in _config_diff(old.to_dict(), cfg.to_dict()) if k not in extendable]
     if diff:
         raise GraceError(
             f"cannot resume {run.path}: settings differ from the saved run: {', '.join(diff)}"
@@ -420,12 +478,17 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------- outputs
 
 
-def _save_best(run: RunDir, model, ema: ModelEma, data, cfg: Config, epoch: int, val: dict):
+def _save_best(
+    run: RunDir, model, ema: ModelEma, data, cfg: Config, epoch: int, val: dict, swa=None
+) -> None:
+    """``best.pt``; its inference weights are the EMA's, or the SWA average once it is used."""
+    inference = ema.averaged_state_dict(model) if swa is None else _copy(swa.module.state_dict())
     atomic_torch_save(
         {
             "model": model.state_dict(),
             "ema": ema.state_dict(),
-            "inference": ema.averaged_state_dict(model),
+            "inference": inference,
+            "inference_weights": "ema" if swa is None else "swa",
             "normalizer": data.normalizer.to_dict(),
             "feature_names": list(data.feature_names),
             "config": cfg.to_dict(),
@@ -450,7 +513,10 @@ def _finish(
     model.load_state_dict(best["model"])
     ema.load_state_dict(best["ema"])
     test = intervals = None
-    with ema.swapped(model):
+    swa_best = best.get("inference_weights") == "swa"
+    if swa_best:  # the SWA average was the evaluated model: score it, not the EMA
+        model.load_state_dict(best["inference"])
+    with nullcontext() if swa_best else ema.swapped(model):
         if cfg.data.fold >= 1:
             oof, _ = predict(model, data.val_last.x)
             rows = rundir.oof_rows(data.val_last, oof, cfg.data.fold)
@@ -520,6 +586,10 @@ def _trajectories(model, cfg: Config, data, data_dir: str | None) -> list[list[A
             for c, y, p in zip(split.cycle.tolist(), split.rul.tolist(), pred.tolist())
         ]
     return rows
+
+
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _problem(losses: torch.Tensor) -> str:

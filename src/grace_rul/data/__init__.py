@@ -33,6 +33,8 @@ from grace_rul.data.cmapss import (
     test_windows,
     truncated_windows,
     unit_windows,
+    window_rows,
+    window_summary,
 )
 from grace_rul.data.datasets import dataset_kind, load_dataset, read_dataset
 
@@ -61,6 +63,8 @@ __all__ = [
     "test_windows",
     "truncated_windows",
     "unit_windows",
+    "window_rows",
+    "window_summary",
     "build_data",
     "dataset_kind",
     "dataset_name",

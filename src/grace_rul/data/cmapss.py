@@ -116,6 +116,8 @@ SHA256: dict[str, str] = {
 }
 
 NORMALIZATIONS: tuple[str, ...] = ("auto", "global", "regime")
+SCALINGS: tuple[str, ...] = ("zscore", "minmax")
+SUMMARY_ROWS = 2  # data.window_features: the mean row and the slope row
 # Seed of test splits a fleet lacks (held-out units, their cuts): fixed, so every run
 # seed of a sweep is scored on the same test windows.
 TEST_SEED = 0
@@ -137,6 +139,8 @@ class DataConfig:
     val_fraction: float = 0.2  # share of training units held out (whole engines)
     val_cuts: int = 10  # truncation points per validation unit for the test-like score
     normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
+    scaling: str = "zscore"  # zscore | minmax (to [-1, 1]), per regime in regime mode
+    window_features: bool = False  # append each window's per-sensor mean and slope as 2 rows
     test_fraction: float = 0.2  # share of units held out for the test when a dataset has none
     downsample: int = 10  # N-CMAPSS: keep every n-th 1 Hz row (seconds between kept rows)
     folds: int = 0  # K >= 2: K-fold cross-validation over whole units; 0/1: one hold-out
@@ -158,6 +162,10 @@ class DataConfig:
             (self.val_cuts >= 1, f"data.val_cuts must be >= 1 (got {self.val_cuts})"),
             (self.normalization in NORMALIZATIONS,
              f"data.normalization must be one of {', '.join(NORMALIZATIONS)}"),
+            (self.scaling in SCALINGS,
+             f"data.scaling must be one of {', '.join(SCALINGS)} (got {self.scaling})"),
+            (not self.window_features or self.window >= 3,
+             f"data.window_features needs data.window >= 3 (got {self.window})"),
             (0 < self.test_fraction < 1,
              f"data.test_fraction must be in (0, 1) (got {self.test_fraction})"),
             (self.downsample >= 1, f"data.downsample must be >= 1 (got {self.downsample})"),
@@ -403,6 +411,12 @@ class Normalizer:
     standardised with ``setting_scale`` (mean, std); ``keys`` are then the cluster
     centres in that space and every row goes to the nearest one. A std below 1e-8 is
     replaced by 1 (the sensor is only centred).
+
+    ``scaling="minmax"`` maps each sensor's fitted [min, max] (per regime in regime mode)
+    to [-1, 1] instead: ``mean`` and ``std`` then hold the centre ``(max + min) / 2`` and
+    half-range ``(max - min) / 2`` that :meth:`transform` uses alike (a half-range below
+    1e-8 is replaced by 1), and ``low``/``high`` the fitted extremes, which is what
+    :meth:`to_dict` stores.
     """
 
     def __init__(
@@ -415,14 +429,26 @@ class Normalizer:
         sensors: tuple[str, ...] = SENSORS,
         settings: tuple[str, ...] = SETTINGS,
         setting_scale: tuple[np.ndarray, np.ndarray] | None = None,
+        scaling: str = "zscore",
+        extremes: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         if mode not in ("global", "regime"):
             raise GraceError(f"normalizer mode must be global or regime (got '{mode}')")
+        if scaling not in SCALINGS:
+            raise GraceError(f"normalizer scaling must be one of {', '.join(SCALINGS)}")
         self.mode = mode
+        self.scaling = scaling
         self.sensors = tuple(sensors)
         self.settings = tuple(settings)
         self.keys = _rows(keys, len(self.settings))
         self.centroids = _rows(centroids, len(self.settings))
+        self.low = self.high = None
+        if scaling == "minmax":
+            if extremes is None:
+                raise GraceError("a min-max normalizer needs the fitted min and max")
+            self.low, self.high = (_rows(v, len(self.sensors)) for v in extremes)
+            mean, std = (self.high + self.low) / 2, (self.high - self.low) / 2
+            std = np.where(std < _STD_FLOOR, 1.0, std)
         self.mean = _rows(mean, len(self.sensors))
         self.std = _rows(std, len(self.sensors))
         self.setting_scale = (
@@ -446,11 +472,13 @@ class Normalizer:
         sensors: tuple[str, ...] = SENSORS,
         settings: tuple[str, ...] = SETTINGS,
         regimes: str | int = "round",
+        scaling: str = "zscore",
     ) -> Normalizer:
         """Fit on ``frame`` (the training units only) in ``global`` or ``regime`` mode.
 
         ``regimes`` says how regime mode finds regimes: ``"round"`` (C-MAPSS rounding),
-        ``"auto"`` or an integer k (k-means on the standardised settings).
+        ``"auto"`` or an integer k (k-means on the standardised settings). ``scaling`` is
+        ``zscore`` or ``minmax`` (``data.scaling``).
         """
         if mode not in ("global", "regime"):
             raise GraceError(f"normalizer mode must be global or regime (got '{mode}')")
@@ -461,7 +489,8 @@ class Normalizer:
         if mode == "global":
             empty = np.zeros((0, len(settings)))
             mean, std = values.mean(0, keepdims=True), _safe_std(values)
-            return cls(mode, empty, empty, mean, std, sensors, settings)
+            extremes = (values.min(0, keepdims=True), values.max(0, keepdims=True))
+            return cls(mode, empty, empty, mean, std, sensors, settings, None, scaling, extremes)
         raw = frame[list(settings)].to_numpy(dtype=np.float64)
         scale = None
         if regimes == "round":
@@ -481,7 +510,14 @@ class Normalizer:
         np.add.at(var, inverse, (values - mean[inverse]) ** 2)
         std = np.sqrt(var / counts)
         std = np.where(std < _STD_FLOOR, 1.0, std)
-        return cls(mode, uniq, centroids / counts, mean, std, sensors, settings, scale)
+        low = np.full_like(mean, np.inf)
+        high = np.full_like(mean, -np.inf)
+        np.minimum.at(low, inverse, values)
+        np.maximum.at(high, inverse, values)
+        return cls(
+            mode, uniq, centroids / counts, mean, std, sensors, settings, scale, scaling,
+            (low, high),
+        )  # fmt: skip
 
     def assign(self, frame: pd.DataFrame) -> np.ndarray:
         """Regime index of every row (all zeros in global mode)."""
@@ -523,9 +559,11 @@ class Normalizer:
             "regime_decimals": list(REGIME_DECIMALS),
             "keys": self.keys.tolist(),
             "centroids": self.centroids.tolist(),
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
         }
+        if self.scaling == "minmax":  # no mean/std: a reader without min-max refuses the dict
+            out.update(scaling="minmax", min=self.low.tolist(), max=self.high.tolist())
+        else:
+            out.update(mean=self.mean.tolist(), std=self.std.tolist())
         if self.settings != SETTINGS:
             out["settings"] = list(self.settings)
         if self.setting_scale is not None:
@@ -545,6 +583,13 @@ class Normalizer:
                 raise GraceError("normalizer was fitted with other regime rounding")
             scale = (d["setting_mean"], d["setting_std"]) if kmeans else None
             settings = tuple(str(s) for s in d.get("settings", SETTINGS))
+            if d.get("scaling", "zscore") == "minmax":
+                extremes = (d["min"], d["max"])
+                n, width = len(d["min"]), len(d["sensors"])
+                return cls(
+                    d["mode"], d["keys"], d["centroids"], np.zeros((n, width)),
+                    np.ones((n, width)), tuple(d["sensors"]), settings, scale, "minmax", extremes,
+                )  # fmt: skip
             return cls(
                 d["mode"], d["keys"], d["centroids"], d["mean"], d["std"], tuple(d["sensors"]),
                 settings, scale,
@@ -555,7 +600,7 @@ class Normalizer:
             ) from None
 
     def __repr__(self) -> str:
-        return f"Normalizer(mode={self.mode!r}, regimes={self.n_regimes})"
+        return f"Normalizer(mode={self.mode!r}, regimes={self.n_regimes}, scaling={self.scaling!r})"
 
 
 def _rows(values: Any, width: int) -> np.ndarray:
@@ -578,7 +623,7 @@ def _safe_std(values: np.ndarray) -> np.ndarray:
 class Split:
     """Windows ready for training: CPU tensors, one row per window."""
 
-    x: Tensor  # (N, window, 14) float32
+    x: Tensor  # (N, window rows, 14) float32 (window_rows: + 2 with data.window_features)
     rul: Tensor  # (N,) float32, capped RUL at the window's last cycle
     health: Tensor  # (N,) int64
     unit: Tensor  # (N,) int64
@@ -588,15 +633,42 @@ class Split:
         return int(self.x.shape[0])
 
 
+def window_rows(cfg: DataConfig) -> int:
+    """Rows of one network input: ``data.window``, plus 2 with ``data.window_features``."""
+    return cfg.window + (SUMMARY_ROWS if cfg.window_features else 0)
+
+
+def window_summary(x: np.ndarray) -> np.ndarray:
+    """Windows (N, W, F) with each sensor's mean and least-squares slope appended as 2 rows.
+
+    Row W is the mean over the window's W rows; row W + 1 the slope of the ordinary
+    least-squares line through (t, x_t), t = 0..W-1, in scaled units per cycle:
+    ``sum_t (t - t_mean)(x_t - x_mean) / sum_t (t - t_mean)^2``. Front-padded rows count
+    as rows (the same window gives the same summary at training and prediction time).
+    """
+    values = np.asarray(x, dtype=np.float64)
+    t = np.arange(values.shape[1], dtype=np.float64)
+    t -= t.mean()
+    mean = values.mean(axis=1)
+    slope = np.einsum("t,ntf->nf", t, values - mean[:, None]) / (t @ t)
+    return np.concatenate([x, np.stack([mean, slope], axis=1).astype(x.dtype)], axis=1)
+
+
 def make_windows(
-    features: np.ndarray, frame: pd.DataFrame, window: int, last_only: bool = False
+    features: np.ndarray,
+    frame: pd.DataFrame,
+    window: int,
+    last_only: bool = False,
+    summary: bool = False,
 ) -> Split:
     """Cut stride-1 windows from each unit; labels come from each window's last row.
 
     ``features`` are the rows of ``frame`` (ordered by unit, then cycle), already
     scaled. Units shorter than ``window`` are front-padded by repeating their first
-    row. ``last_only`` keeps only the last window of each unit. A frame without
-    ``rul``/``health`` columns (unlabelled data) gives NaN RUL and health -1.
+    row. ``last_only`` keeps only the last window of each unit. ``summary``
+    (``data.window_features``) appends :func:`window_summary`'s two rows to every
+    window. A frame without ``rul``/``health`` columns (unlabelled data) gives NaN RUL
+    and health -1. Training, evaluation and ``grace predict`` all cut windows here.
     """
     if window < 1:
         raise GraceError(f"window must be >= 1 (got {window})")
@@ -627,6 +699,8 @@ def make_windows(
     index = np.lib.stride_tricks.sliding_window_view(rows, window)[first]  # (N, window)
     last = index[:, -1]
     x = features[index]
+    if summary:
+        x = window_summary(x)
     if "rul" in frame:
         rul = frame["rul"].to_numpy(dtype=np.float32)[last]
         health = frame["health"].to_numpy(dtype=np.int64)[last]
@@ -742,10 +816,14 @@ def build_data(raw: RawSubset, cfg: DataConfig, seed: int, with_test: bool = Tru
     in_val = train_all["unit"].isin(val_units).to_numpy()
     train, val = train_all[~in_val], train_all[in_val]
     normalizer = fit_normalizer(raw, train, cfg)
-    val_split = make_windows(normalizer.transform(val), val, cfg.window)
+    val_split = make_windows(
+        normalizer.transform(val), val, cfg.window, summary=cfg.window_features
+    )
     return CMAPSSData(
         dataset=raw.dataset,
-        train=make_windows(normalizer.transform(train), train, cfg.window),
+        train=make_windows(
+            normalizer.transform(train), train, cfg.window, summary=cfg.window_features
+        ),
         val=val_split,
         val_last=truncated_windows(val_split, cfg.val_cuts, seed),
         test=test_windows(raw, normalizer, cfg) if with_test else None,
@@ -758,21 +836,23 @@ def build_data(raw: RawSubset, cfg: DataConfig, seed: int, with_test: bool = Tru
 
 
 def fit_normalizer(raw: RawSubset, train: pd.DataFrame, cfg: DataConfig) -> Normalizer:
-    """The normaliser of ``raw``'s training units under ``data.normalization``.
+    """The normaliser of ``raw``'s training units under ``data.normalization`` and ``scaling``.
 
     C-MAPSS: ``auto`` is per regime for FD002/FD004. Other fleets: ``auto`` is per
     regime when the fleet's ``regimes`` setting finds more than one, else global.
     """
     if raw.regimes == "round":
         mode = resolve_normalization(cfg.normalization, raw.dataset)
-        return Normalizer.fit(train, mode, raw.sensors, raw.settings)
+        return Normalizer.fit(train, mode, raw.sensors, raw.settings, scaling=cfg.scaling)
     if cfg.normalization == "global" or raw.regimes == "none":
         if cfg.normalization == "regime":
             raise GraceError(f"data.normalization=regime, but {raw.dataset} has no regimes")
-        return Normalizer.fit(train, "global", raw.sensors, raw.settings)
-    fitted = Normalizer.fit(train, "regime", raw.sensors, raw.settings, raw.regimes)
+        return Normalizer.fit(train, "global", raw.sensors, raw.settings, scaling=cfg.scaling)
+    fitted = Normalizer.fit(
+        train, "regime", raw.sensors, raw.settings, raw.regimes, scaling=cfg.scaling
+    )
     if fitted.n_regimes == 1 and cfg.normalization == "auto":
-        return Normalizer.fit(train, "global", raw.sensors, raw.settings)
+        return Normalizer.fit(train, "global", raw.sensors, raw.settings, scaling=cfg.scaling)
     return fitted
 
 
@@ -799,10 +879,14 @@ def test_windows(raw: RawSubset, normalizer: Normalizer, cfg: DataConfig) -> Spl
     """
     if raw.test_cuts:
         test = label_frame(raw, raw.test, cfg)
-        split = make_windows(normalizer.transform(test), test, cfg.window)
+        split = make_windows(
+            normalizer.transform(test), test, cfg.window, summary=cfg.window_features
+        )
         return truncated_windows(split, cfg.val_cuts, TEST_SEED)
     test = label_frame(raw, raw.test, cfg, raw.test_rul)
-    return make_windows(normalizer.transform(test), test, cfg.window, last_only=True)
+    return make_windows(
+        normalizer.transform(test), test, cfg.window, last_only=True, summary=cfg.window_features
+    )
 
 
 def truncated_windows(split: Split, cuts: int, seed: int) -> Split:
@@ -853,4 +937,6 @@ def unit_windows(
         final = raw.test_rul[np.searchsorted(np.unique(frame["unit"].to_numpy()), unit)]
         final = np.array([final])
     labelled = label_frame(raw, rows, cfg, final)
-    return make_windows(normalizer.transform(labelled), labelled, cfg.window)
+    return make_windows(
+        normalizer.transform(labelled), labelled, cfg.window, summary=cfg.window_features
+    )

@@ -1,7 +1,8 @@
 """The data contract a model was trained under, and where its operating regimes lie.
 
 A model only makes sense on data prepared exactly as its training data was: the same
-sensors, window length, RUL cap and health thresholds, and the same scaling. The
+sensors, window length (and window summary rows), RUL cap and health thresholds, and the
+same scaling. The
 :class:`DataContract` holds those settings; members of an ensemble must share one.
 
 Operating regimes: every row's three operational settings are rounded to
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS, dataset_name
+from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS, SUMMARY_ROWS, dataset_name
 from grace_rul.errors import GraceError
 
 HEALTH_CLASSES: tuple[str, ...] = ("healthy", "degrading", "critical")  # health_class 0, 1, 2
@@ -50,6 +51,7 @@ _FIELDS = {  # attribute -> how a mismatch is named
     "critical_rul": "critical_rul threshold",
     "degrading_rul": "degrading_rul threshold",
     "normalization": "normalisation",
+    "window_features": "window features",
 }
 
 
@@ -67,6 +69,12 @@ class DataContract:
     settings: tuple[str, ...] = SETTINGS
     unit_column: str = "unit"
     time_column: str = "cycle"
+    window_features: bool = False  # data.window_features: 2 summary rows after the window
+
+    @property
+    def rows(self) -> int:
+        """Rows of one network input (:func:`grace_rul.data.cmapss.window_rows`)."""
+        return self.window + (SUMMARY_ROWS if self.window_features else 0)
 
     @classmethod
     def from_run(
@@ -92,6 +100,7 @@ class DataContract:
             critical_rul=int(data_cfg.critical_rul),
             degrading_rul=int(data_cfg.degrading_rul),
             normalization=normalization,
+            window_features=bool(getattr(data_cfg, "window_features", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +111,7 @@ class DataContract:
             "time_column": self.time_column,
             "settings": list(self.settings),
             "window": self.window,
+            "window_features": self.window_features,
             "max_rul": self.max_rul,
             "critical_rul": self.critical_rul,
             "degrading_rul": self.degrading_rul,
@@ -126,6 +136,7 @@ class DataContract:
             settings=tuple(str(s) for s in d.get("settings", SETTINGS)),
             unit_column=str(d.get("unit_column", "unit")),
             time_column=str(d.get("time_column", "cycle")),
+            window_features=bool(d.get("window_features", False)),
         )
 
     def input_columns(self) -> dict[str, Any]:

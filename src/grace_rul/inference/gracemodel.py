@@ -4,7 +4,8 @@ One :class:`GraceModel` serves a single run and a seed ensemble alike. Each memb
 the normaliser fitted on its own training units (seeds hold out different units), so
 every member scales the input itself, cuts the last window of every unit with
 :func:`~grace_rul.data.cmapss.make_windows` (``last_only=True``, front padding of short
-units) and runs its network. The model's RUL is the mean of the members' RUL; its health
+units, the two summary rows of ``data.window_features`` as in training) and runs its
+network. The model's RUL is the mean of the members' RUL; its health
 probabilities are the mean of the members' softmax probabilities and its health class
 their argmax.
 """
@@ -115,7 +116,13 @@ class GraceModel:
     def windows(self, frame: pd.DataFrame) -> list[Split]:
         """Each member's last window of every unit of a checked frame (ordered by unit)."""
         return [
-            make_windows(m.normalizer.transform(frame), frame, self.contract.window, last_only=True)
+            make_windows(
+                m.normalizer.transform(frame),
+                frame,
+                self.contract.window,
+                last_only=True,
+                summary=self.contract.window_features,
+            )  # fmt: skip
             for m in self.members
         ]
 

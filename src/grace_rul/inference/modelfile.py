@@ -30,7 +30,7 @@ import numpy as np
 
 from grace_rul.checkpoint import _fsync_dir, atomic_write_bytes, atomic_write_json
 from grace_rul.config import config_from_dict
-from grace_rul.data.cmapss import Normalizer
+from grace_rul.data.cmapss import Normalizer, window_rows
 from grace_rul.errors import GraceError
 from grace_rul.inference.conformal import Calibration
 from grace_rul.inference.contract import UNSEEN_REGIME_STEPS, UNSEEN_RULE, DataContract
@@ -200,7 +200,10 @@ def _member(
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
         raise GraceError(f"{path / WEIGHTS} holds no weights for member {i}")
-    net = build_model(cfg.model, n_features=len(contract.sensors), max_rul=contract.max_rul)
+    net = build_model(
+        cfg.model, n_features=len(contract.sensors), max_rul=contract.max_rul,
+        window=window_rows(cfg.data),
+    )  # fmt: skip
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

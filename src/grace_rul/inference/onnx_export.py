@@ -5,7 +5,8 @@ grace_rul applies each member's normaliser and cuts the windows (front padding o
 units) before the graph, exactly as for the PyTorch backend, and averages the members
 after it.
 
-* one member: input ``windows`` float32 (batch, window, sensors); outputs ``rul``
+* one member: input ``windows`` float32 (batch, rows, sensors), rows = the window, plus
+  the 2 summary rows with ``data.window_features``; outputs ``rul``
   (batch,) in cycles and ``health_logits`` (batch, 3) for healthy, degrading, critical.
 * an ensemble of M members: input ``windows`` (M, batch, window, sensors), member i's
   windows scaled with member i's normaliser; outputs ``rul`` (M, batch) and
@@ -65,7 +66,7 @@ def export_onnx(model: GraceModel, path: Path) -> dict[str, Any]:
     nets = [m.net.eval() for m in model.members]
     graph = _Networks(nets).eval()
     n, c = len(nets), model.contract
-    shape = (2, c.window, len(c.sensors)) if n == 1 else (n, 2, c.window, len(c.sensors))
+    shape = (2, c.rows, len(c.sensors)) if n == 1 else (n, 2, c.rows, len(c.sensors))
     batch_axis = 0 if n == 1 else 1
     buffer = io.BytesIO()
     # Traced with autograd on: under no_grad nn.MultiheadAttention takes its fused fast
@@ -91,9 +92,7 @@ def export_onnx(model: GraceModel, path: Path) -> dict[str, Any]:
     return {
         "file": path.name,
         "opset": OPSET,
-        "input": {
-            "windows": f"float32 ({members}batch, window={c.window}, sensors={len(c.sensors)})"
-        },
+        "input": {"windows": f"float32 ({members}batch, rows={c.rows}, sensors={len(c.sensors)})"},
         "outputs": {
             "rul": f"float32 ({members}batch), cycles",
             "health_logits": f"float32 ({members}batch, 3): healthy, degrading, critical",
