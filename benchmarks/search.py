@@ -1,0 +1,65 @@
+"""The accuracy search: ``grace tune`` on FD001 and FD002, resumable across sessions.
+
+    nohup python benchmarks/search.py --dataset FD001 --workers 2 > search-fd001.log 2>&1 &
+    python benchmarks/search.py --dataset FD001 --summary-only   # trials.csv, best.yaml only
+
+A two-objective study (3-fold CV RMSE, CPU seconds per fold model) over
+``benchmarks/search/space.yaml`` — architecture x window features x scaling x LR schedule x
+SWA x clip x LR, window, dropout, weight decay, batch size — on top of the ``default``
+preset, seed 42 (so every trial sees the same folds). Judged on the CV score only: a trial
+builds no test split. The study lives in ``benchmarks/results/tune-DATASET/`` (``study.yaml``,
+``study.db``, ``trials.csv``, ``best.yaml``, ``pareto.csv``); ``study.db`` is committed, so a
+later session resumes it with the trials it has (trial run directories under ``trials/``
+are not committed: a trial killed with the session is retried from its start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from grace_rul.config import load_yaml
+from grace_rul.experiments.tune import STUDY_DB, TuneSpec, open_storage, run_tune, write_outputs
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = ROOT / "benchmarks" / "search" / "space.yaml"
+TRIALS = 100
+FOLDS = 3
+
+
+def spec(dataset: str, threads: int) -> TuneSpec:
+    out = ROOT / "benchmarks" / "results" / f"tune-{dataset.lower()}"
+    return TuneSpec(
+        out=str(out),
+        base={"data": {"dataset": dataset}},
+        preset="default",
+        space=load_yaml(SPACE, "search space"),
+        folds=FOLDS,
+        objective="rmse,cpu",
+        seed=42,
+        trials=TRIALS,
+        storage=f"sqlite:///{(out / STUDY_DB).absolute()}",
+        execution={"threads": threads},
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=["FD001", "FD002"], required=True)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--summary-only", action="store_true", help="no training; rewrite outputs")
+    args = ap.parse_args()
+    s = spec(args.dataset, args.threads)
+    if args.summary_only:
+        import optuna
+
+        study = optuna.load_study(study_name=Path(s.out).name, storage=open_storage(s))
+        print(json.dumps(write_outputs(s, study), indent=2))
+        return
+    print(json.dumps(run_tune(s, workers=args.workers, extend=True), indent=2))
+
+
+if __name__ == "__main__":
+    main()
