@@ -242,6 +242,22 @@ def test_warnings_do_not_precede_the_error_line(tmp_path, cli, monkeypatch):
     assert line.endswith("the model is broken")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 4 GB")],
+)
+def test_running_out_of_memory_is_one_line(tmp_path, cli, monkeypatch, error):
+    import grace_rul.inference.loader as loader
+
+    def exhaust(path, **kwargs):
+        raise error
+
+    monkeypatch.setattr(loader, "load_model", exhaust)
+    data = tmp_path / "x.csv"
+    data.write_text("unit,cycle\n1,1\n")
+    assert "out of memory" in one_error(cli("predict", "--model", tmp_path, "--input", data))
+
+
 # --------------------------------------------------------------------------- 1. non-finite
 
 

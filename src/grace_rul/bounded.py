@@ -29,7 +29,7 @@ from grace_rul.errors import GraceError, first_line
 
 MAX_YAML_BYTES = 2**20  # 1 MiB: a config or dataset YAML is a few hundred bytes
 MAX_YAML_NODES = 100_000  # scalars + collections after alias expansion
-MAX_INPUT_BYTES = 256 * 2**20  # grace predict input, on disk and decompressed
+MAX_INPUT_BYTES = 128 * 2**20  # grace predict input, on disk and decompressed
 MAX_TABLE_BYTES = 2**30  # fleet training tables, on disk and decompressed
 BINARY_PROBE = 8192
 GZIP_MAGIC = b"\x1f\x8b"
@@ -128,12 +128,7 @@ def read_table_bytes(path: str | Path, limit: int = MAX_INPUT_BYTES, where: str 
             magic = f.read(2)
             f.seek(0)
             if magic == GZIP_MAGIC:
-                with gzip.GzipFile(fileobj=f) as g:
-                    head = g.read(BINARY_PROBE)
-                    _refuse_binary(head, where)
-                    data = head + g.read(limit + 1 - len(head))
-                if len(data) > limit:
-                    raise GraceError(f"{where} inflates to more than {limit} bytes; refused")
+                data = _inflate(f, limit, where)
             else:
                 data = f.read()
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -147,6 +142,20 @@ def read_table_bytes(path: str | Path, limit: int = MAX_INPUT_BYTES, where: str 
     else:
         _refuse_binary(data[:BINARY_PROBE], where)
     return data
+
+
+def _inflate(f: Any, limit: int, where: str) -> bytes:
+    """Decompress a gzip stream in chunks, refusing binary data or more than ``limit`` bytes
+    as soon as it shows (memory stays near ``limit``, time near what was inflated)."""
+    out = bytearray()
+    with gzip.GzipFile(fileobj=f) as g:
+        while chunk := g.read(2**20):
+            if not out:
+                _refuse_binary(chunk[:BINARY_PROBE], where)
+            out += chunk
+            if len(out) > limit:
+                raise GraceError(f"{where} inflates to more than {limit} bytes; refused")
+    return bytes(out)
 
 
 def _refuse_binary(head: bytes, where: str) -> None:

@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc))
         except MemoryError:
             return _fail("out of memory (the input or model is larger than this machine holds)")
+        except RuntimeError as exc:  # torch's allocators report exhaustion as RuntimeError
+            if "allocate" not in str(exc) and "out of memory" not in str(exc):
+                raise
+            return _fail(f"out of memory ({first_line(exc)})")
         except KeyboardInterrupt:
             print("grace: interrupted", file=sys.stderr)
             return 130

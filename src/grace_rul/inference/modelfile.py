@@ -12,8 +12,10 @@ A model directory (``grace export`` and ``grace ensemble`` write one)::
 
 Loading reads JSON and safetensors only: nothing is unpickled. The directory is written
 in a temporary directory beside it and renamed into place, so a crash leaves the old
-model or the new one, never a mix. A newer ``format_version``, or a corrupt or truncated
-file, is a one-line :class:`~grace_rul.errors.GraceError`.
+model or the new one, never a mix. A newer ``format_version``, a corrupt or truncated
+file, or any field of the wrong type or range (:func:`check_document`) is a one-line
+:class:`~grace_rul.errors.GraceError`; readers are bounded (``MAX_*`` below,
+docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -248,8 +250,11 @@ def _check_shapes(
     """Member ``i``'s network, built on the meta device (no memory), against the header."""
     import torch
 
-    with torch.device("meta"):
-        net = build_model(cfg.model, n_features=len(contract.sensors), max_rul=contract.max_rul)
+    try:
+        with torch.device("meta"):
+            net = build_model(cfg.model, n_features=len(contract.sensors), max_rul=contract.max_rul)
+    except (NotImplementedError, RuntimeError):
+        return  # a network that cannot be built on meta: load_state_dict still checks it
     prefix = f"member{i}."
     stored = {k[len(prefix) :]: v for k, v in header.items() if k.startswith(prefix)}
     if not stored:
