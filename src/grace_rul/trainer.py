@@ -402,7 +402,12 @@ def _restore(run: RunDir, parts: dict[str, Any], cfg: Config) -> LoopState:
         raise GraceError(f"checkpoint {run.last} is not a resumable last.pt of this run")
     _check_last_config(run, saved, cfg)
     loop = saved["loop"]
-    if not isinstance(loop, dict) or set(loop) != {f.name for f in fields(LoopState)}:
+    # Keys of an older LoopState may be missing (they take their defaults); unknown keys may not.
+    if (
+        not isinstance(loop, dict)
+        or "epoch" not in loop
+        or set(loop) - {f.name for f in fields(LoopState)}
+    ):
         raise GraceError(f"checkpoint {run.last} is not a resumable last.pt (bad loop state)")
     where = "loop"
     try:
