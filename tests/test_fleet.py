@@ -265,8 +265,10 @@ BAD_INPUTS = {
         {"sensors": ["p_in", "vib_y"]}, None, "no column 'vib_y' (near: vib_x"),
     "short unit": (
         {"window": 60}, None, "fewer than data.window=60"),
-    "time not increasing": (
-        {}, lambda f: _set(f, [4, 5], "hour", [6, 5]), "hour does not increase within unit 1"),
+    # Rows in any order are sorted on read (issue 23, section 5); a non-numeric time is refused.
+    "time not numeric": (
+        {}, lambda f: f.assign(hour=f.hour.astype(str).where(f.index != 5, "x")),
+        "column 'hour' is not numeric ('x' at data row 6)"),
     "duplicate rows": (
         {}, lambda f: _set(f, 5, "hour", 5), "duplicate rows for unit 1, hour 5"),
     "nan cells": (

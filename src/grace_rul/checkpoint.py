@@ -19,23 +19,33 @@ from typing import IO, Any
 
 import torch
 
-from grace_rul.errors import GraceError
+from grace_rul.errors import GraceError, WriteError, first_line
 
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with 0o666 lets the umask decide the final permissions, like a plain open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide the final permissions, like a plain open().
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as exc:
+        raise WriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            # disk full, quota, read-only: one line naming the file; nothing half-written
+            raise WriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
+            # torch.save reports a failed write (ENOSPC) as a RuntimeError of its zip writer
+            raise WriteError(None, first_line(exc), str(path)) from None
         raise
     _fsync_dir(path.parent)
     return path

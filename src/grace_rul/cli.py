@@ -12,10 +12,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from grace_rul.data.commands import add_data_parser
-from grace_rul.errors import GraceError
+from grace_rul.errors import GraceError, first_line
 from grace_rul.experiments.commands import add_sweep_parser, add_table_parser, add_tune_parser
 from grace_rul.inference.commands import add_ensemble_parser, add_export_parser, add_predict_parser
 from grace_rul.reports.commands import add_report_parser
@@ -151,17 +152,37 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except GraceError as exc:
-        print(f"grace: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("grace: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    # Warnings (torch's included) are held back: on success they are shown after the
+    # command, on failure dropped, so that nothing precedes the one error line.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            code = int(args.func(args) or 0)
+        except GraceError as exc:
+            return _fail(str(exc))
+        except MemoryError:
+            return _fail("out of memory (the input or model is larger than this machine holds)")
+        except RuntimeError as exc:  # torch's allocators report exhaustion as RuntimeError
+            if "allocate" not in str(exc) and "out of memory" not in str(exc):
+                raise
+            return _fail(f"out of memory ({first_line(exc)})")
+        except KeyboardInterrupt:
+            print("grace: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except OSError as exc:  # a last resort: the commands name their files themselves
+            where = f": {exc.filename}" if exc.filename else ""
+            return _fail(f"{exc.strerror or first_line(exc)}{where}")
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code
+
+
+def _fail(message: str) -> int:
+    """Print the one error line (never more than one, however long the cause)."""
+    print(f"grace: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import yaml
 
 from grace_rul.balancers.engine import GRAD_SOURCES
 from grace_rul.balancers.grace import GRACE_WEIGHT_DECAY_SCHEDULE
+from grace_rul.bounded import read_yaml_file
 from grace_rul.data.cmapss import DATASETS, DataConfig, dataset_name, is_dataset_file
-from grace_rul.errors import GraceError
+from grace_rul.errors import GraceError, brief
 from grace_rul.metrics import PROTOCOL_LABELS, PROTOCOLS, SELECTIONS
 from grace_rul.stabilisers.clipping import MODES as CLIP_MODES
 from grace_rul.stabilisers.precision import MODES as PRECISIONS
@@ -50,6 +51,11 @@ __all__ = [
 ]
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("plateau", "cosine", "onecycle")  # train.schedule
+SECTIONS = ("data", "model", "train", "balancer")  # the mapping-valued top-level keys
+# Network size limits (validate): far above every preset, far below what exhausts memory.
+MAX_LAYERS = 16
+MAX_WIDTH = 4096
+MAX_KERNEL = 99
 
 
 @dataclass
@@ -221,7 +227,9 @@ def _merge(target: Any, updates: dict[str, Any], where: str) -> None:
     ``None`` values are skipped, so unset command-line flags never clobber the YAML.
     """
     if not isinstance(updates, dict):
-        raise GraceError(f"config: '{where or 'top level'}' must be a mapping, got {updates!r}")
+        raise GraceError(
+            f"config: '{where or 'top level'}' must be a mapping, got {brief(updates)}"
+        )
     known = {f.name for f in fields(target)}
     for key, value in updates.items():
         name = f"{where}.{key}" if where else str(key)
@@ -273,7 +281,7 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
                 raise ValueError(value)
             return str(value)
     except (TypeError, ValueError):
-        raise GraceError(f"config: '{name}' has an invalid value {value!r}") from None
+        raise GraceError(f"config: '{name}' has an invalid value {brief(value)}") from None
     return value
 
 
@@ -282,10 +290,7 @@ def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise GraceError(f"{what} not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise GraceError(f"{what} {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_file(p, f"{what} {p}") or {}  # bounded: an alias bomb is refused
     if not isinstance(data, dict):
         raise GraceError(f"{what} {p} must hold a mapping at the top level")
     return data
@@ -296,6 +301,9 @@ def merge_overrides(*layers: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for layer in layers:
         for key, value in (layer or {}).items():
+            if key in SECTIONS and value is not None and not isinstance(value, dict):
+                # `train: 5` would otherwise vanish under a later `--set train.x=...`
+                raise GraceError(f"config: '{key}' must be a mapping, got {brief(value)}")
             if isinstance(value, dict):
                 merged = merge_overrides(out.get(key) if isinstance(out.get(key), dict) else {},
                                          value)  # fmt: skip
@@ -385,6 +393,21 @@ def validate(cfg: Config) -> None:
         "model.d_model, model.depth and model.ff must be >= 1",
     )
     need(all(h > 0 for h in m.fc), "model.fc sizes must be positive")
+    # Upper bounds, so that a config (or a shared model file) cannot ask for a network
+    # that allocates for minutes before failing; far above any preset.
+    need(
+        len(m.conv_channels) <= MAX_LAYERS and len(m.fc) <= MAX_LAYERS,
+        f"model.conv_channels and model.fc have at most {MAX_LAYERS} layers",
+    )
+    need(
+        max(m.conv_channels) <= MAX_WIDTH and max(m.fc, default=0) <= MAX_WIDTH,
+        f"model.conv_channels and model.fc sizes must be <= {MAX_WIDTH}",
+    )
+    need(m.kernel_size <= MAX_KERNEL, f"model.kernel_size must be <= {MAX_KERNEL}")
+    need(
+        m.lstm_hidden <= MAX_WIDTH and m.lstm_layers <= MAX_LAYERS,
+        f"model.lstm_hidden must be <= {MAX_WIDTH} and model.lstm_layers <= {MAX_LAYERS}",
+    )
     need(0 <= m.dropout < 1, f"model.dropout must be in [0, 1) (got {m.dropout})")
     from grace_rul.backbones import check_model
 

@@ -40,6 +40,7 @@ from grace_rul import __version__, rundir, source_commit
 from grace_rul.checkpoint import atomic_write_text
 from grace_rul.config import Config, Execution
 from grace_rul.errors import GraceError
+from grace_rul.lock import LOCK_FILE, DirLock
 from grace_rul.metrics import PROTOCOL_LABELS
 from grace_rul.rundir import RunDir
 
@@ -92,7 +93,7 @@ def train_folds(
     far): a tuner's pruning hook. ``score_test=False`` (tuning trials) builds no test
     split, scores none and writes no model directory.
     """
-    from grace_rul.trainer import check_resumable, train
+    from grace_rul.trainer import check_resumable
 
     exe = execution or Execution()
     k = cfg.data.folds
@@ -102,12 +103,29 @@ def train_folds(
             f"data.folds={k} is more than the {n_units} training units of {cfg.data.dataset}"
         )
     root = RunDir(out_dir)
-    if resume:
-        root.prepare(resume=True, overwrite=False)
-        check_resumable(root, cfg)
-    else:
-        _prepare_root(root, overwrite)
-    atomic_write_text(root / rundir.CONFIG, cfg.to_yaml())
+    with DirLock("grace train") as lock:
+        if resume:
+            root.check(resume=True, overwrite=False)
+            check_resumable(root, cfg)
+        else:
+            _check_root(root, overwrite)
+        lock.acquire(root.path)  # valid: from here on this process owns the directory
+        if not resume:
+            _clear_root(root)
+        atomic_write_text(root / rundir.CONFIG, cfg.to_yaml())
+        return _train_folds(cfg, root, exe, score_test, on_epoch)
+
+
+def _train_folds(
+    cfg: Config,
+    root: RunDir,
+    exe: Execution,
+    score_test: bool,
+    on_epoch: Callable[[int, float], None] | None,
+) -> dict[str, Any]:
+    from grace_rul.trainer import train
+
+    k = cfg.data.folds
 
     fold_metrics: list[dict[str, Any]] = []
     for f in range(1, k + 1):
@@ -140,24 +158,26 @@ def train_folds(
     return metrics
 
 
-def _prepare_root(root: RunDir, overwrite: bool) -> None:
+def _check_root(root: RunDir, overwrite: bool) -> None:
+    """Refuse a directory that cannot take a new cross-validation, writing nothing."""
     out = root.path
     if out.exists() and not out.is_dir():
         raise GraceError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise GraceError(
-                f"--out {out} is not empty (use --overwrite to replace a run, --resume to continue)"
-            )
-        for child in out.iterdir():
-            if child.is_dir() and (child.name.startswith("fold") or child.name == MODEL_DIR):
-                shutil.rmtree(child)
-        for name in rundir.FILES:
-            (out / name).unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GraceError(f"--out {out} is not writable ({exc.strerror})") from None
+    names = {p.name for p in out.iterdir()} - {LOCK_FILE} if out.is_dir() else set()
+    if names and not overwrite:
+        raise GraceError(
+            f"--out {out} is not empty (use --overwrite to replace a run, --resume to continue)"
+        )
+
+
+def _clear_root(root: RunDir) -> None:
+    """Remove an earlier cross-validation's folds, model and files (``--overwrite``)."""
+    out = root.path
+    for child in out.iterdir():
+        if child.is_dir() and (child.name.startswith("fold") or child.name == MODEL_DIR):
+            shutil.rmtree(child)
+    for name in rundir.FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _fold_hook(on_epoch: Callable[[int, float], None], offset: int) -> Callable[[int, float], None]:

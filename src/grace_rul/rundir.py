@@ -32,8 +32,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from grace_rul.bounded import load_yaml_text
 from grace_rul.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from grace_rul.errors import GraceError
+from grace_rul.lock import LOCK_FILE
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
@@ -131,12 +133,8 @@ class RunDir:
 
     # ------------------------------------------------------------------ writing
 
-    def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Create the directory for a new run, or check it holds one to resume.
-
-        A non-empty directory is refused unless ``overwrite`` (which deletes only the
-        files listed above) or ``resume``.
-        """
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse a directory that cannot take this run, writing nothing (see :meth:`prepare`)."""
         out = self.path
         if resume:
             if not (out / CONFIG).is_file():
@@ -146,12 +144,33 @@ class RunDir:
             return
         if out.exists() and not out.is_dir():
             raise GraceError(f"--out {out} exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()):
-            if not overwrite:
-                raise GraceError(
-                    f"--out {out} is not empty (use --overwrite to replace a run, "
-                    "--resume to continue)"
-                )
+        if not overwrite and not self._reusable():
+            raise GraceError(
+                f"--out {out} is not empty (use --overwrite to replace a run, --resume to continue)"
+            )
+
+    def _reusable(self) -> bool:
+        """Empty, or only a run's own files and no finished epoch (a refused or killed start)."""
+        if not self.path.is_dir():
+            return True
+        names = {p.name for p in self.path.iterdir()} - {LOCK_FILE}
+        if not names <= {*FILES, CHECKPOINTS}:
+            return False
+        return not (self.last.exists() or (self.path / METRICS).exists() or self.best.exists())
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Create the directory for a new run, or check it holds one to resume.
+
+        A non-empty directory is refused unless ``overwrite`` (which deletes only the
+        files listed above) or ``resume``; one that holds only a run's files and no
+        finished epoch (a start that was refused or killed) is reused. The lock file
+        (:mod:`grace_rul.lock`) does not count.
+        """
+        self.check(resume=resume, overwrite=overwrite)
+        out = self.path
+        if resume:
+            return
+        if out.is_dir():
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             for name in FILES:
                 (out / name).unlink(missing_ok=True)
@@ -221,7 +240,7 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         """``config.yaml`` as a nested dict; a missing or broken file is a ``GraceError``."""
         missing = f"{self.path / CONFIG} not found (is {self.path} a GRACE run directory?)"
-        return self._read_mapping(CONFIG, yaml.safe_load, missing)
+        return self._read_mapping(CONFIG, lambda text: load_yaml_text(text, CONFIG), missing)
 
     def _read_mapping(self, name: str, parse: Any, missing: str) -> dict[str, Any]:
         path = self.path / name

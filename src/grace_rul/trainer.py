@@ -48,11 +48,13 @@ loop over that mapping, so a new stateful component is saved by adding it there.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows,
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split, test_metrics
 from grace_rul.inference.conformal import run_interval_metrics
+from grace_rul.lock import DirLock
 from grace_rul.losses import TASKS, task_losses
 from grace_rul.metrics import PROTOCOL_LABELS
 from grace_rul.model import DualTaskNet, build_model, count_parameters, predict
@@ -128,7 +131,9 @@ def train(
     ``data.fold``) the run is a K-fold cross-validation (:func:`grace_rul.folds.train_folds`).
     ``score_test=False`` builds no test split and scores none (tuning trials);
     ``on_epoch(epoch, selection_score)`` is called after every epoch's ``last.pt`` (a
-    tuner's pruning hook: whatever it raises ends the run, resumable).
+    tuner's pruning hook: whatever it raises ends the run, resumable). Everything is
+    validated (settings, data, network) before the first byte is written; from then on
+    the run holds ``out_dir/.lock`` (:mod:`grace_rul.lock`), released however it ends.
     """
     if cfg.data.folds >= 2 and cfg.data.fold == 0:
         from grace_rul.folds import train_folds
@@ -139,9 +144,26 @@ def train(
         )  # fmt: skip
     if not score_test and cfg.train.protocol == "paper":
         raise GraceError("train.protocol=paper selects on the test set: not without a test split")
-    exe = execution or Execution()
-    run = RunDir(out_dir)
-    run.prepare(resume=resume, overwrite=overwrite)
+    with DirLock("grace train") as lock:
+        return _train(
+            cfg, RunDir(out_dir), lock, execution or Execution(), resume, overwrite,
+            loss_fn, backward_fn, score_test, on_epoch,
+        )  # fmt: skip
+
+
+def _train(
+    cfg: Config,
+    run: RunDir,
+    lock: DirLock,
+    exe: Execution,
+    resume: bool,
+    overwrite: bool,
+    loss_fn: Callable,
+    backward_fn: Callable,
+    score_test: bool,
+    on_epoch: Callable[[int, float], None] | None,
+) -> dict[str, Any]:
+    run.check(resume=resume, overwrite=overwrite)
     if resume:
         check_resumable(run, cfg)
     show_bar = (sys.stderr.isatty() if exe.progress is None else exe.progress) and not exe.quiet
@@ -155,6 +177,8 @@ def train(
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
     data = load_dataset(cfg.data, cfg.seed, exe.data_dir, with_test=score_test)
     parts = _build(cfg, data, device)
+    lock.acquire(run.path)  # everything is valid: from here on this process owns the directory
+    run.prepare(resume=resume, overwrite=overwrite)
     model: DualTaskNet = parts["model"]
     balancer, optimizer, ema = parts["balancer"], parts["optimizer"], parts["ema"]
     clipper, guard, spikes, precision = (
@@ -407,7 +431,7 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
 def _start(run: RunDir, cfg: Config, data, parts, device, resume: bool, log) -> LoopState:
     """The loop state of a new run (config and table headers written) or of a resumed one."""
     if resume:
-        state = _restore(run, parts)
+        state = _restore(run, parts, cfg)
         log(f"resumed from {run.last} at epoch {state.epoch + 1}")
         return state
     run.start(cfg.to_dict())
@@ -431,22 +455,80 @@ def _save_last(
             "components": {name: part.state_dict() for name, part in parts.items()},
             "loop": asdict(replace(state, **times)),
             "config": cfg.to_dict(),
+            "config_hash": config_hash(cfg),
         },
         run.last,
     )
 
 
-def _restore(run: RunDir, parts: dict[str, Any]) -> LoopState:
+def config_hash(cfg: Config) -> str:
+    """SHA-256 of the run's settings, less those a resume may change (``last.pt`` carries it)."""
+    settings = cfg.to_dict()
+    for key in EXTENDABLE_KEYS:
+        *parents, leaf = key.split(".")
+        node = settings
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _restore(run: RunDir, parts: dict[str, Any], cfg: Config) -> LoopState:
     """Load ``last.pt`` into the components; cut the tables back to its epoch."""
     saved = load_checkpoint(run.last)
     components = saved.get("components")
     if not isinstance(components, dict) or set(components) != set(parts) or "loop" not in saved:
         raise GraceError(f"checkpoint {run.last} is not a resumable last.pt of this run")
-    for name, part in parts.items():
-        part.load_state_dict(components[name])
-    state = LoopState(**saved["loop"])
+    _check_last_config(run, saved, cfg)
+    loop = saved["loop"]
+    # Keys of an older LoopState may be missing (they take their defaults); unknown keys may not.
+    if (
+        not isinstance(loop, dict)
+        or "epoch" not in loop
+        or set(loop) - {f.name for f in fields(LoopState)}
+    ):
+        raise GraceError(f"checkpoint {run.last} is not a resumable last.pt (bad loop state)")
+    where = "loop"
+    try:
+        state = LoopState(**loop)
+        _check_loop_types(state)
+        for where, part in parts.items():
+            part.load_state_dict(components[where])
+    except Exception as exc:  # load_state_dict raises many types for a foreign or damaged state
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise GraceError(f"checkpoint {run.last} does not fit this run ({where}: {first})") from (
+            None
+        )
     run.truncate_epochs(state.epoch)
     return state
+
+
+def _check_last_config(run: RunDir, saved: dict[str, Any], cfg: Config) -> None:
+    """Refuse a ``last.pt`` of another run: its config hash (or config) must be this run's."""
+    if saved.get("config_hash") == config_hash(cfg):
+        return
+    old = saved.get("config")
+    diff = _config_diff(old, cfg.to_dict()) if isinstance(old, dict) else ["config"]
+    diff = [k for k in diff if k not in EXTENDABLE_KEYS]
+    if "config_hash" in saved and not diff:
+        diff = ["config_hash"]  # the stored config was edited after the hash was taken
+    if diff:
+        raise GraceError(
+            f"cannot resume {run.path}: {run.last} belongs to another run; "
+            f"settings differ: {', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}"
+        )
+
+
+def _check_loop_types(state: LoopState) -> None:
+    """The loop values of a ``last.pt`` have the types the loop uses."""
+    ints = ("epoch", "step", "best_epoch", "stale_epochs")
+    floats = ("best_score", "seconds", "cpu_seconds")
+    ok = all(type(getattr(state, k)) is int for k in ints)
+    ok = ok and all(isinstance(getattr(state, k), (int, float)) for k in floats)
+    ok = ok and isinstance(state.stopped, bool) and isinstance(state.grad_norms, list)
+    if not ok or state.epoch < 0:
+        raise TypeError("loop values have the wrong types")
 
 
 def check_resumable(run: RunDir, cfg: Config) -> None:

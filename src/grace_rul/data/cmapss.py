@@ -459,6 +459,12 @@ class Normalizer:
         n = len(self.mean)
         if n < 1 or len(self.std) != n or (mode == "regime" and len(self.keys) != n):
             raise GraceError("normalizer statistics are inconsistent (corrupt checkpoint?)")
+        stats = [self.keys, self.centroids, self.mean, self.std, *(self.setting_scale or ())]
+        spread = [self.std, *(self.setting_scale or ())[1:]]
+        if not all(np.isfinite(a).all() for a in stats) or not all((a > 0).all() for a in spread):
+            raise GraceError(
+                "normalizer statistics are not finite or have a std <= 0 (corrupt model file?)"
+            )
 
     @property
     def n_regimes(self) -> int:
@@ -594,7 +600,7 @@ class Normalizer:
                 d["mode"], d["keys"], d["centroids"], d["mean"], d["std"], tuple(d["sensors"]),
                 settings, scale,
             )  # fmt: skip
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise GraceError(
                 f"normalizer statistics are malformed (missing or bad {exc})"
             ) from None
@@ -799,18 +805,35 @@ def load_cmapss(cfg: DataConfig, seed: int, data_dir: str | Path | None = None) 
     return build_data(read_cmapss(cfg.dataset, data_dir), cfg, seed)
 
 
+def check_window(train: pd.DataFrame, window: int, source: str) -> None:
+    """Refuse a window longer than a training unit: one rule for every fleet.
+
+    A unit shorter than the window would train only on front-padded windows.
+    """
+    lengths = train.groupby("unit").size()
+    if window > int(lengths.max()):
+        raise GraceError(
+            f"data.window={window} is longer than every training unit of {source} "
+            f"(longest: {int(lengths.max())} cycles): each of its {len(lengths)} units has "
+            f"fewer than data.window={window} rows"
+        )
+    short = lengths[lengths < window]
+    if len(short):
+        labels = train.attrs.get("unit_labels")
+        unit = labels[int(short.index[0]) - 1] if labels is not None else short.index[0]
+        raise GraceError(
+            f"{source}: unit {unit} has {short.iloc[0]} rows, fewer than data.window={window} "
+            f"({len(short)} such unit(s)); lower data.window or drop the unit"
+        )
+
+
 def build_data(raw: RawSubset, cfg: DataConfig, seed: int, with_test: bool = True) -> CMAPSSData:
     """Windows, labels, split and scaling of any fleet read into a :class:`RawSubset`.
 
     ``with_test=False`` builds no test split (``test`` is ``None``): what a tuning trial
     sees, so no choice it makes can depend on the test set.
     """
-    longest = int(raw.train.groupby("unit").size().max())
-    if cfg.window > longest:
-        raise GraceError(
-            f"data.window={cfg.window} is longer than every training unit of {raw.dataset} "
-            f"(longest: {longest} cycles)"
-        )
+    check_window(raw.train, cfg.window, raw.dataset)
     train_all = label_frame(raw, raw.train, cfg)
     train_units, val_units = holdout_units(train_all, cfg, seed)
     in_val = train_all["unit"].isin(val_units).to_numpy()

@@ -7,7 +7,7 @@ A dataset YAML (``--dataset fleet.yaml``)::
     test: pumps_test.csv              # optional: histories that end before failure
     test_rul: pumps_test_rul.csv      # optional: columns unit, rul (true RUL at the last row)
     unit: pump_id                     # unit id column (whole numbers or text ids)
-    time: cycle                       # time column (whole numbers, increasing within a unit)
+    time: cycle                       # time column (whole numbers; rows in any order)
     settings: [load, speed]           # optional operating settings
     regimes: auto                     # auto | none | an integer k (default: auto with settings)
     sensors: [p_in, p_out, vib_x]     # or auto
@@ -44,7 +44,7 @@ Unit ids may be text (``pump-A``): each file's ids are numbered 1..n in sorted o
 
 Every problem is one line (:class:`~grace_rul.errors.GraceError`): a missing file or
 column (with near names), a blank unit id, a non-numeric column, NaN cells (rows and column named),
-time not increasing within a unit, duplicate (unit, time) rows, fewer than 3 units,
+a unit id or time beyond 2**53, duplicate (unit, time) rows, fewer than 3 units,
 a training unit shorter than the window, ``test_rul`` rows that do not match the test
 units, and a sensor list that is empty after dropping constant columns.
 """
@@ -52,6 +52,7 @@ units, and a sensor list that is empty after dropping constant columns.
 from __future__ import annotations
 
 import difflib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.data.cmapss import TEST_SEED, DataConfig, RawSubset, split_units
-from grace_rul.errors import GraceError
+from grace_rul.bounded import MAX_TABLE_BYTES, PARQUET_MAGIC, read_table_bytes
+from grace_rul.data.cmapss import TEST_SEED, DataConfig, RawSubset, check_window, split_units
+from grace_rul.errors import GraceError, brief
 
 KEYS: tuple[str, ...] = (
     "name", "train", "test", "test_rul", "unit", "time", "settings", "regimes", "sensors",
@@ -68,6 +70,7 @@ KEYS: tuple[str, ...] = (
 )  # fmt: skip
 NAN_POLICIES: tuple[str, ...] = ("error", "ffill")
 MIN_UNITS = 3
+MAX_WHOLE = 2**53  # unit ids and times: whole numbers that float64 holds exactly
 NEAR_CONSTANT_SHARE = 0.995  # one value in this share of training rows: dropped
 
 
@@ -121,12 +124,14 @@ def read_spec(path: str | Path) -> TableSpec:
     if isinstance(sensors, list):
         sensors = [str(s) for s in sensors]
     elif sensors != "auto":
-        raise GraceError(f"{p}: sensors must be a list of columns or 'auto' (got {sensors!r})")
+        raise GraceError(f"{p}: sensors must be a list of columns or 'auto' (got {brief(sensors)})")
     regimes = doc.get("regimes", "auto" if settings else "none")
     if isinstance(regimes, bool) or not (
         regimes in ("auto", "none") or (isinstance(regimes, int) and regimes >= 1)
     ):
-        raise GraceError(f"{p}: regimes must be auto, none or a positive integer (got {regimes!r})")
+        raise GraceError(
+            f"{p}: regimes must be auto, none or a positive integer (got {brief(regimes)})"
+        )
     if regimes != "none" and not settings:
         raise GraceError(f"{p}: regimes: {regimes} needs operating settings (settings: [...])")
     nan_policy = str(doc.get("nan_policy", "error"))
@@ -136,7 +141,7 @@ def read_spec(path: str | Path) -> TableSpec:
     for key in ("max_rul", "window"):
         value = doc.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise GraceError(f"{p}: {key} must be a whole number (got {value!r})")
+            raise GraceError(f"{p}: {key} must be a whole number (got {brief(value)})")
         ints[key] = value
     spec = TableSpec(
         path=p,
@@ -164,11 +169,12 @@ def dataset_defaults(path: str | Path) -> dict[str, int]:
 
 
 def read_file(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet table (by suffix; ``.gz`` CSV allowed)."""
+    """A CSV or Parquet table (by content; gzip allowed), read within ``MAX_TABLE_BYTES``."""
+    data = read_table_bytes(path, MAX_TABLE_BYTES)
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
+        if data[:4] == PARQUET_MAGIC:
+            return pd.read_parquet(io.BytesIO(data))
+        return pd.read_csv(io.BytesIO(data))
     except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GraceError(f"{path}: not a readable CSV or Parquet table ({first})") from None
@@ -188,14 +194,7 @@ def read_tables(cfg: DataConfig, data_dir: str | Path | None = None) -> RawSubse
             f"{spec.train}: {len(units)} unit(s); a dataset needs at least {MIN_UNITS} "
             "(training, validation and test units)"
         )
-    lengths = train.groupby("unit").size()
-    short = lengths[lengths < cfg.window]
-    if len(short):
-        raise GraceError(
-            f"{spec.train}: unit {short.index[0]} has {short.iloc[0]} rows, fewer than "
-            f"data.window={cfg.window} ({len(short)} such unit(s)); lower data.window or "
-            "drop the unit"
-        )
+    check_window(train, cfg.window, str(spec.train))
     if spec.test is None:
         rest, held = split_units(units, cfg.test_fraction, TEST_SEED)
         test = train[train["unit"].isin(held)].reset_index(drop=True)
@@ -299,8 +298,8 @@ def _clean(frame: pd.DataFrame, columns: list[str], spec: TableSpec, source: Pat
             bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
             row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
             raise GraceError(
-                f"{source}: column '{name}' is not numeric ({column.iloc[row]!r} at data row "
-                f"{row + 1})"
+                f"{source}: column '{name}' is not numeric ({brief(column.iloc[row], 40)} at "
+                f"data row {row + 1})"
             )
         out[name] = column
     if len(out) == 0:
@@ -317,23 +316,25 @@ def _clean(frame: pd.DataFrame, columns: list[str], spec: TableSpec, source: Pat
                 f"{source}: column '{name}' must hold whole numbers ({values[row]} at data row "
                 f"{row + 1})"
             )
+        big = np.flatnonzero(np.abs(values) > MAX_WHOLE)
+        if len(big):
+            row = int(big[0])
+            raise GraceError(
+                f"{source}: column '{name}' value {values[row]:.6g} at data row {row + 1} is out "
+                "of range (whole numbers up to 2**53)"
+            )
     unit = out[unit_name].to_numpy(dtype=np.float64).astype(np.int64)
     time = out[time_name].to_numpy(dtype=np.float64).astype(np.int64)
+    # Rows in any order (a database or Spark export is rarely sorted): sorted here by
+    # (unit, time); only true duplicates are refused.
     order = np.lexsort((time, unit))
     same = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(time[order]) == 0))
     if len(same):
         a, b = sorted((int(order[same[0]]), int(order[same[0] + 1])))
+        name = labels[unit[a] - 1] if labels is not None else unit[a]
         raise GraceError(
-            f"{source}: duplicate rows for unit {unit[a]}, {time_name} {time[a]} "
+            f"{source}: duplicate rows for unit {name}, {time_name} {time[a]} "
             f"(data rows {a + 1} and {b + 1})"
-        )
-    by_unit = np.argsort(unit, kind="stable")
-    back = np.flatnonzero((np.diff(unit[by_unit]) == 0) & (np.diff(time[by_unit]) < 0))
-    if len(back):
-        a, b = int(by_unit[back[0]]), int(by_unit[back[0] + 1])
-        raise GraceError(
-            f"{source}: {time_name} does not increase within unit {unit[a]}: {time[b]} at data "
-            f"row {b + 1} follows {time[a]} at data row {a + 1}"
         )
     data = {"unit": unit[order], "cycle": time[order]}
     data.update({name: out[name].to_numpy(dtype=np.float64)[order] for name in columns[2:]})

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from grace_rul.bounded import read_yaml_file
 from grace_rul.checkpoint import atomic_write_json, atomic_write_text
 from grace_rul.errors import GraceError
 from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir
@@ -195,10 +196,7 @@ def read_grid(sweep_dir: str | Path) -> Grid:
     path = Path(sweep_dir) / GRID_FILE
     if not path.is_file():
         raise GraceError(f"{sweep_dir} is not a sweep directory ({GRID_FILE} not found)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise GraceError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_file(path)  # bounded: an alias bomb is refused
     if not isinstance(data, dict):
         raise GraceError(f"{path} must hold a mapping")
     return Grid.from_dict(data)

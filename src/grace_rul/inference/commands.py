@@ -130,6 +130,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise GraceError(f"--out {out} is a directory; give a file name")
+    if out is not None and _same_file(out, Path(args.input)):
+        raise GraceError(f"--out {out} is the --input file; refusing to overwrite the input")
     if args.threads is not None:
         if args.threads < 1:
             raise GraceError(f"--threads must be >= 1 (got {args.threads})")
@@ -149,3 +151,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise GraceError(f"cannot write --out {out} ({exc.strerror or exc})") from None
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links too); ``False`` when one is absent."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False

@@ -27,6 +27,8 @@ from grace_rul.inference.contract import DataContract
 from grace_rul.model import DualTaskNet, predict
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
+# Scaled inputs beyond this many training standard deviations are input errors, not engines.
+MAX_SCALED = 1e6
 
 
 @dataclass
@@ -95,6 +97,10 @@ class GraceModel:
     ) -> None:
         if not members:
             raise GraceError("a model needs at least one member network")
+        for i, m in enumerate(members):
+            bad = [k for k, v in m.net.state_dict().items() if not torch.isfinite(v).all()]
+            if bad:
+                raise GraceError(f"member {i}'s weights are not finite ({bad[0]}; corrupt model?)")
         self.members = members
         self.contract = contract
         self.calibration = calibration
@@ -114,17 +120,26 @@ class GraceModel:
         )
 
     def windows(self, frame: pd.DataFrame) -> list[Split]:
-        """Each member's last window of every unit of a checked frame (ordered by unit)."""
-        return [
-            make_windows(
-                m.normalizer.transform(frame),
-                frame,
-                self.contract.window,
-                last_only=True,
-                summary=self.contract.window_features,
-            )  # fmt: skip
-            for m in self.members
-        ]
+        """Each member's last window of every unit of a checked frame (ordered by unit).
+
+        A value more than :data:`MAX_SCALED` standard deviations from a member's training
+        data is refused in one line naming unit, cycle and sensor: it is an input error
+        (a unit slip, a corrupt cell), and the network's output on it is meaningless.
+        """
+        splits = []
+        for m in self.members:
+            scaled = m.normalizer.transform(frame)
+            _check_scaled(scaled, frame, m.normalizer.sensors)
+            splits.append(
+                make_windows(
+                    scaled,
+                    frame,
+                    self.contract.window,
+                    last_only=True,
+                    summary=self.contract.window_features,
+                )
+            )
+        return splits
 
     def outputs(self, frame: pd.DataFrame, backend: str = "torch") -> Outputs:
         """Run every member on the last window of every unit of ``frame``."""
@@ -138,6 +153,14 @@ class GraceModel:
         else:
             raise GraceError(f"backend must be one of {', '.join(BACKENDS)} (got '{backend}')")
         first = splits[0]
+        for values in (rul, logits):
+            bad = ~np.isfinite(values.reshape(len(values), len(first.unit), -1)).all(axis=(0, 2))
+            if bad.any():
+                raise GraceError(
+                    f"the model's output is not finite for unit "
+                    f"{_unit_name(frame, int(first.unit[np.flatnonzero(bad)[0]]))}; "
+                    "refusing to report it (check that unit's input values)"
+                )
         return Outputs(
             unit=first.unit.numpy(),
             member_rul=rul,
@@ -171,3 +194,22 @@ class GraceModel:
             for key, value in m.net.state_dict().items():
                 out[f"member{i}.{key}"] = value.detach().cpu().contiguous().clone()
         return out
+
+
+def _unit_name(frame: pd.DataFrame, unit: int) -> Any:
+    """A unit of a checked frame as the input named it (its text id, or its number)."""
+    labels = frame.attrs.get("unit_labels")
+    return labels[unit] if labels is not None else unit
+
+
+def _check_scaled(scaled: np.ndarray, frame: pd.DataFrame, sensors: tuple[str, ...]) -> None:
+    bad = ~(np.abs(scaled) <= MAX_SCALED)  # also catches NaN
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        value = frame[sensors[col]].iloc[row]
+        raise GraceError(
+            f"unit {_unit_name(frame, int(frame['unit'].iloc[row]))}, cycle "
+            f"{int(frame['cycle'].iloc[row])}: sensor {sensors[col]} = {value:.6g} is more than "
+            f"{MAX_SCALED:.0e} standard deviations from the model's training data; "
+            "refusing to predict"
+        )

@@ -1,6 +1,7 @@
 """Engines to predict: C-MAPSS text, CSV or Parquet, checked before any prediction.
 
-Accepted files (gzip-compressed or not, recognised by content, not by name):
+Accepted files (gzip-compressed or not, recognised by content, not by name; at most
+:data:`~grace_rul.bounded.MAX_INPUT_BYTES` on disk and decompressed, binary refused):
 
 * C-MAPSS text: whitespace-separated, no header, 26 columns in the NASA order
   (:data:`~grace_rul.data.cmapss.COLUMNS`: unit, cycle, setting1..3, s1..s21), e.g.
@@ -13,8 +14,8 @@ Accepted files (gzip-compressed or not, recognised by content, not by name):
 
 :func:`clean_frame` refuses, with one line naming the place: a missing column, a sensor
 set that lacks one of the model's sensors, a non-numeric cell (file, line, column), NaN
-or Inf (sensor, line, unit, cycle), a blank unit id, a numeric unit or a cycle that is not a
-whole number, no rows
+or Inf or a value outside float32 (sensor or setting, line, unit, cycle), a blank unit id,
+a numeric unit or a cycle that is not a whole number or beyond 2**53, no rows
 (or a unit listed as a category with no rows), duplicate (unit, cycle) rows, and cycles
 that do not increase within a unit in file order. Rows of one unit need not be adjacent;
 the cleaned frame is ordered by unit (stable), then file order.
@@ -22,9 +23,7 @@ the cleaned frame is ordered by unit (stable), then file order.
 
 from __future__ import annotations
 
-import gzip
 import io
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from grace_rul.bounded import MAX_INPUT_BYTES, read_table_bytes
 from grace_rul.data.cmapss import COLUMNS, SETTINGS
 from grace_rul.data.tables import text_unit_ids
-from grace_rul.errors import GraceError
+from grace_rul.errors import GraceError, brief
 
 REQUIRED: tuple[str, ...] = ("unit", "cycle", *SETTINGS)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_WHOLE = 2**53  # unit ids and cycles: whole numbers that float64 holds exactly
 _NAN_WORDS = {"", "nan", "na", "n/a", "null", "none", "-nan"}
 
 
@@ -57,18 +59,8 @@ def read_table(path: str | Path) -> Table:
         raise GraceError(f"input {p} not found")
     if not p.is_file():
         raise GraceError(f"input {p} is not a file")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise GraceError(f"input {p} cannot be read ({exc.strerror})") from None
     source = str(p)
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise GraceError(
-                f"{source}: not a readable gzip file (truncated or corrupt: {exc})"
-            ) from None
+    data = read_table_bytes(p, MAX_INPUT_BYTES, source)  # bounded, gzip streamed
     if data[:4] == b"PAR1":
         try:
             frame = pd.read_parquet(io.BytesIO(data))
@@ -215,30 +207,46 @@ def clean_frame(
             raise GraceError(
                 f"{source}: {name} must be a whole number ({values[name][i]} at {at(i)})"
             )
+        big = np.flatnonzero(np.abs(values[name]) > MAX_WHOLE) if name in ("unit", "cycle") else []
+        if len(big):
+            i = int(big[0])
+            raise GraceError(
+                f"{source}: {name} {values[name][i]:.6g} at {at(i)} is out of range "
+                f"(whole numbers up to 2**53)"
+            )
     unit = values["unit"].astype(np.int64)
     cycle = values["cycle"].astype(np.int64)
-    for name in sensors:
-        bad = np.flatnonzero(~np.isfinite(values[name]))
+
+    def named(u: int) -> Any:  # a unit as the user wrote it
+        return labels[u] if labels is not None else u
+
+    for name in (*settings, *sensors):
+        v = values[name]
+        bad = np.flatnonzero(~np.isfinite(v) | (np.abs(v) > FLOAT32_MAX))
         if len(bad):
             i = int(bad[0])
-            kind = "NaN" if np.isnan(values[name][i]) else "Inf"
+            kind = "NaN" if np.isnan(v[i]) else ("Inf" if np.isinf(v[i]) else f"{v[i]:.6g}")
+            what = "sensor" if name in sensors else "setting"
+            beyond = " (outside float32, what the model computes in)" if np.isfinite(v[i]) else ""
             raise GraceError(
-                f"{source}: {kind} in sensor {name} at {at(i)} (unit {unit[i]}, cycle {cycle[i]})"
+                f"{source}: {kind} in {what} {name} at {at(i)} "
+                f"(unit {named(unit[i])}, cycle {cycle[i]}){beyond}"
             )
     order = np.lexsort((cycle, unit))
     same = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(cycle[order]) == 0))
     if len(same):
         a, b = sorted((order[same[0]], order[same[0] + 1]))
         raise GraceError(
-            f"{source}: duplicate rows for unit {unit[a]}, cycle {cycle[a]} ({at(a)} and {at(b)})"
+            f"{source}: duplicate rows for unit {named(unit[a])}, cycle {cycle[a]} "
+            f"({at(a)} and {at(b)})"
         )
     order = np.argsort(unit, kind="stable")
     step_back = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(cycle[order]) < 0))
     if len(step_back):
         a, b = order[step_back[0]], order[step_back[0] + 1]
         raise GraceError(
-            f"{source}: cycles of unit {unit[a]} do not increase: cycle {cycle[b]} at {at(b)} "
-            f"follows cycle {cycle[a]} at {at(a)}"
+            f"{source}: cycles of unit {named(unit[a])} do not increase: cycle {cycle[b]} at "
+            f"{at(b)} follows cycle {cycle[a]} at {at(a)}"
         )
     out = {"unit": unit[order], "cycle": cycle[order]}
     out.update({name: values[name][order] for name in (*settings, *sensors)})
@@ -281,6 +289,7 @@ def _numeric(column: pd.Series, name: str, position: int, source: str, at) -> np
     if len(bad):
         i = int(bad[0])
         raise GraceError(
-            f"{source}: non-numeric value {column.iloc[i]!r} at {at(i)}, column {position} ({name})"
+            f"{source}: non-numeric value {brief(column.iloc[i], 40)} at {at(i)}, column "
+            f"{position} ({name})"
         )
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)

@@ -3,7 +3,8 @@
 Output, one row per unit (ascending unit id):
 
 =============  ================================================================
-unit           the unit id, as in the input (numbers or text)
+unit           the unit id, as in the input (numbers or text; in CSV a text id starting
+               with = + - @ is prefixed with ' so that a spreadsheet shows, not runs, it)
 cycles_seen    cycles of the unit in the input
 rul            predicted RUL at the last cycle (cycles; mean over members)
 rul_lower      lower bound of the conformal interval at ``coverage`` (>= 0)
@@ -101,7 +102,7 @@ def predict_clean(
 def format_predictions(table: pd.DataFrame, fmt: str = "csv") -> str:
     """The prediction table as CSV text, or as a JSON list of records (flags as lists)."""
     if fmt == "csv":
-        return table.to_csv(index=False)
+        return table.assign(unit=table["unit"].map(spreadsheet_safe)).to_csv(index=False)
     if fmt != "json":
         raise GraceError(f"format must be one of {', '.join(FORMATS)} (got '{fmt}')")
     records = []
@@ -112,4 +113,15 @@ def format_predictions(table: pd.DataFrame, fmt: str = "csv") -> str:
                 rec[key] = value.item()
         rec["flags"] = rec["flags"].split(";") if rec["flags"] else []
         records.append(rec)
-    return json.dumps(records, indent=2) + "\n"
+    return json.dumps(records, indent=2, allow_nan=False) + "\n"
+
+
+# Cells starting with these are formulas to a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula, prefixed with ``'``; others as given."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
