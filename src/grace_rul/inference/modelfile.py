@@ -255,7 +255,12 @@ def _check_shapes(
 
     try:
         with torch.device("meta"):
-            net = build_model(cfg.model, n_features=len(contract.sensors), max_rul=contract.max_rul)
+            net = build_model(
+                cfg.model,
+                n_features=len(contract.sensors),
+                max_rul=contract.max_rul,
+                window=window_rows(cfg.data),
+            )
     except (NotImplementedError, RuntimeError):
         return  # a network that cannot be built on meta: load_state_dict still checks it
     prefix = f"member{i}."
