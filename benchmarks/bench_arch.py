@@ -28,6 +28,7 @@ from grace_rul.config import resolve_config
 from grace_rul.data import window_rows
 from grace_rul.losses import task_losses
 from grace_rul.model import build_model, count_parameters
+from readme_tables import replace_section
 
 OUT = Path(__file__).parent / "results" / "arch_step_time.csv"
 COLUMNS = (
@@ -129,6 +130,22 @@ def main(argv: list[str] | None = None) -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {args.out}")
+    if args.out == OUT:
+        replace_section("arch-speed", table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """The README table of a run's rows: parameters, CPU time per step and its ratio."""
+    lines = [
+        "| `model.arch` | parameters | CPU s / step | × `cnn_bilstm_attention` | wall, min |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['arch']}` | {int(r['params']):,} | {float(r['cpu_median_s']):.3f} "
+            f"| {float(r['ratio_cpu']):.2f} | {float(r['ratio_min']):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
