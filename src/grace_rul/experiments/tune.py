@@ -406,7 +406,8 @@ def work(spec: TuneSpec, index: int) -> None:
         busy, failed = _counts(study)
         if busy >= spec.trials or failed > spec.trials:
             break
-        study.optimize(lambda t: objective(spec, params, t), n_trials=1, catch=(GraceError,))
+        # A setting that cannot train (or crashes) fails its trial, not the study.
+        study.optimize(lambda t: objective(spec, params, t), n_trials=1, catch=(Exception,))
         write_outputs(spec, study)
 
 
