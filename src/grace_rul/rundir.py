@@ -36,6 +36,7 @@ from grace_rul.bounded import load_yaml_text
 from grace_rul.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from grace_rul.errors import GraceError
 from grace_rul.lock import LOCK_FILE
+from grace_rul.losses import TASKS
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
@@ -93,6 +94,65 @@ STATS_COLUMNS = (
     "clip_fraction",
     "clip_threshold",
 )
+
+
+def history_row(
+    *,
+    epoch: int,
+    lr: float,
+    weight_decay: float,
+    task_losses: Sequence[float],
+    val_all: dict[str, Any],
+    val_last: dict[str, Any],
+    val: dict[str, Any],
+    test: dict[str, Any] | None,
+    score: float,
+    is_best: bool,
+    seconds: float,
+    skipped_steps: int,
+    spikes: int,
+) -> dict[str, Any]:
+    """One epoch's ``history.csv`` row: ``epoch`` counted from 1, ``task_losses`` the mean
+    training loss of each task, ``val_all``/``val_last`` the scores of all and of the last
+    validation windows, ``val`` the selected one of them, ``test`` the epoch's test scores
+    (``protocol=paper`` only), ``score`` the selection score; counts so far."""
+    return {
+        "epoch": epoch, "lr": lr, "weight_decay": weight_decay,
+        "train_loss": sum(task_losses), **{f"loss_{t}": v for t, v in zip(TASKS, task_losses)},
+        "val_rmse": val_all["rmse"], "val_rmse_last": val_last["rmse"],
+        "val_mae": val["mae"], "val_nasa_score": val["nasa_score"],
+        "val_health_accuracy": val["health_accuracy"],
+        "test_rmse": test["rmse"] if test is not None else "",
+        "selection_score": score, "is_best": int(is_best), "seconds": seconds,
+        "skipped_steps": skipped_steps, "spikes": spikes,
+    }  # fmt: skip
+
+
+def stats_row(
+    *,
+    epoch: int,
+    steps: int,
+    grad_samples: int,
+    task_means: dict[str, Sequence[Any]],
+    cosine: float | str,
+    clip: dict[str, Any],
+    clip_threshold: float,
+) -> dict[str, Any]:
+    """One epoch's ``gradient_stats.csv`` row: ``task_means`` maps a statistic (``loss``,
+    ``gnorm``, ``raw_w``, ``w``, ``smooth_w``) to its per-task means in ``TASKS`` order;
+    ``clip`` is the clipper's epoch summary."""
+    row: dict[str, Any] = {"epoch": epoch, "steps": steps, "grad_samples": grad_samples}
+    for name, values in task_means.items():
+        row.update({f"{name}_{task}": v for task, v in zip(TASKS, values)})
+    row["cos_rul_health"] = cosine
+    row.update({
+        "grad_norm_mean": clip["mean"], "grad_norm_max": clip["max"],
+        "grad_norm_p90": clip["p90"], "clip_fraction": clip["fraction"],
+        "clip_threshold": clip_threshold,
+    })  # fmt: skip
+    return row
+
+
 PREDICTION_COLUMNS = ("unit", "true_rul", "pred_rul", "true_health", "pred_health")
 TRAJECTORY_COLUMNS = ("unit", "cycle", "true_rul", "pred_rul")
 # unit, the cycle a validation unit is cut after, true (capped) RUL there, prediction, fold

@@ -1,4 +1,5 @@
-"""The GRACE training loop, readable top to bottom in :func:`train` (docs/design.md §5).
+"""The GRACE training loop, readable top to bottom from :func:`train` (docs/design.md §5):
+``_train`` runs the epochs, ``_train_epoch`` their batches, ``_end_epoch`` the rest.
 
 Per batch:  forward -> task losses -> balancer (per-task gradients at most once,
             written into .grad) -> unscale (fp16) -> non-finite check of the losses and
@@ -40,10 +41,11 @@ started. The schedule is left as set (no SWA learning rate); none of the archite
 has BatchNorm, so no statistics need recomputing.
 
 Everything that is not the loop itself (building the components, resume, the
-output files, final scoring) lives in the helpers below it. The resumable state
-is the loop's own values (:class:`LoopState`) plus a name -> component mapping
-whose members all speak ``state_dict``/``load_state_dict``; ``last.pt`` is one
-loop over that mapping, so a new stateful component is saved by adding it there.
+output files, final scoring) lives in the helpers below it; the history and
+gradient-statistics rows are built in :mod:`grace_rul.rundir` beside their columns. The
+resumable state is the loop's own values (:class:`LoopState`) plus :class:`Components`,
+whose fields all speak ``state_dict``/``load_state_dict``; ``last.pt`` is one loop over
+its fields, so a new stateful component is saved by adding a field.
 """
 
 from __future__ import annotations
@@ -60,12 +62,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from grace_rul import __version__, rundir, source_commit
-from grace_rul.balancers import StepGrads, balance_backward, build_balancer
+from grace_rul.balancers import Balancer, StepGrads, balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
-from grace_rul.config import Config, Execution, config_from_dict
+from grace_rul.config import Config, Execution, TrainConfig, config_from_dict
 from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows, window_rows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split, test_metrics
@@ -111,6 +115,52 @@ class LoopState:
     grad_norms: list[float] = field(default_factory=list)  # every applied step's pre-clip norm
 
 
+@dataclass(kw_only=True)
+class Components:
+    """Every stateful component of a run. ``last.pt`` holds each one the run uses (the
+    schedulers and the SWA average are ``None`` when not) as ``components[field name]``;
+    the fields are in the order of that mapping."""
+
+    model: DualTaskNet
+    optimizer: torch.optim.AdamW
+    plateau: lr_scheduler.ReduceLROnPlateau | None = None
+    onecycle: lr_scheduler.OneCycleLR | None = None
+    ema: ModelEma
+    balancer: Balancer
+    clipper: GradClipper
+    guard: NonFiniteGuard
+    spikes: SpikeDetector
+    precision: Precision
+    rng: RngStreams  # the data order
+    warmup: lr_scheduler.LinearLR | None = None
+    cosine: lr_scheduler.CosineAnnealingLR | None = None
+    swa: AveragedModel | None = None
+
+    def present(self) -> dict[str, Any]:
+        """The components this run uses, by name."""
+        named = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {name: part for name, part in named if part is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.present().items()}
+
+    def load_state_dict(self, states: dict[str, Any]) -> None:
+        """Load every present component's state; a failure is a :class:`ComponentError`."""
+        for name, part in self.present().items():
+            try:
+                part.load_state_dict(states[name])
+            except Exception as exc:  # load_state_dict raises many types for a foreign state
+                raise ComponentError(name, exc) from exc
+
+
+class ComponentError(Exception):
+    """A component refused its saved state: which one (``name``) and why (``error``)."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"{name}: {error}")
+        self.name, self.error = name, error
+
+
 def train(
     cfg: Config,
     out_dir: str | Path,
@@ -151,11 +201,61 @@ def train(
         )  # fmt: skip
 
 
+@dataclass
+class _Loop:
+    """What every epoch of one run reads: its settings, components, data, seams and output."""
+
+    cfg: Config
+    run: RunDir
+    components: Components
+    data: CMAPSSData
+    device: torch.device
+    loss_fn: Callable
+    backward_fn: Callable
+    log: Callable[[str], None]
+    quiet: bool
+    show_bar: bool
+    started: float = field(default_factory=time.perf_counter)  # this process's training clocks
+    cpu_started: float = field(default_factory=time.process_time)
+    val_rmse_shown: float = float("nan")  # the progress bar's, from the last evaluation
+    # Set from the above: the training split on the device, the parameter groups of the step.
+    x: torch.Tensor = field(init=False)
+    rul: torch.Tensor = field(init=False)
+    health: torch.Tensor = field(init=False)
+    shared: list[torch.nn.Parameter] = field(init=False)
+    heads: list[list[torch.nn.Parameter]] = field(init=False)
+    last_layer: int = field(init=False)  # trailing entries of `shared` in the last layer
+    all_params: list[torch.nn.Parameter] = field(init=False)
+    balancer_state: _Snapshot = field(init=False)  # put back when a step is skipped
+
+    def __post_init__(self) -> None:
+        model, train_split = self.components.model, self.data.train
+        self.x, self.rul, self.health = (
+            train_split.x.to(self.device), train_split.rul.to(self.device),
+            train_split.health.to(self.device),
+        )  # fmt: skip
+        self.shared, self.heads = model.shared_parameters(), model.head_parameters()
+        self.last_layer = model.last_shared_layer_params()
+        self.all_params = list(model.parameters()) + list(self.components.balancer.parameters())
+        self.balancer_state = _Snapshot(self.components.balancer)
+
+    def batch_losses(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task losses of the training windows ``idx`` and their shared representation."""
+        with self.components.precision.autocast():
+            rul_pred, logits, z = self.components.model(self.x[idx])
+        max_rul = self.cfg.data.max_rul
+        return self.loss_fn(rul_pred, logits, self.rul[idx], self.health[idx], max_rul), z
+
+    def elapsed(self) -> tuple[float, float]:
+        """Wall and CPU seconds this process has trained."""
+        return time.perf_counter() - self.started, time.process_time() - self.cpu_started
+
+
 def _train(
     cfg: Config,
     run: RunDir,
     lock: DirLock,
-    exe: Execution,
+    execution: Execution,
     resume: bool,
     overwrite: bool,
     loss_fn: Callable,
@@ -166,188 +266,216 @@ def _train(
     run.check(resume=resume, overwrite=overwrite)
     if resume:
         check_resumable(run, cfg)
-    show_bar = (sys.stderr.isatty() if exe.progress is None else exe.progress) and not exe.quiet
+    progress = sys.stderr.isatty() if execution.progress is None else execution.progress
 
     def log(msg: str) -> None:
         run.log(msg)
-        if not exe.quiet:
+        if not execution.quiet:
             tqdm.write(msg, file=sys.stderr)
 
-    device = _device(exe)
+    device = _device(execution)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
-    data = load_dataset(cfg.data, cfg.seed, exe.data_dir, with_test=score_test)
-    parts = _build(cfg, data, device)
+    data = load_dataset(cfg.data, cfg.seed, execution.data_dir, with_test=score_test)
+    components = _build(cfg, data, device)
     lock.acquire(run.path)  # everything is valid: from here on this process owns the directory
     run.prepare(resume=resume, overwrite=overwrite)
-    model: DualTaskNet = parts["model"]
-    balancer, optimizer, ema = parts["balancer"], parts["optimizer"], parts["ema"]
-    clipper, guard, spikes, precision = (
-        parts["clipper"], parts["guard"], parts["spikes"], parts["precision"]
+    state = _start(run, cfg, data, components, device, resume, log)
+    loop = _Loop(
+        cfg, run, components, data, device, loss_fn, backward_fn, log,
+        quiet=execution.quiet, show_bar=progress and not execution.quiet,
     )  # fmt: skip
-    warmup, plateau, order = parts.get("warmup"), parts.get("plateau"), parts["rng"].generator
-    cosine, onecycle, swa = parts.get("cosine"), parts.get("onecycle"), parts.get("swa")
-    shared, heads = model.shared_parameters(), model.head_parameters()
-    last_layer = model.last_shared_layer_params()
-    all_params = list(model.parameters()) + list(balancer.parameters())
-    balancer_state = _Snapshot(balancer)
-    t = cfg.train
-    x_train, rul_train, health_train = (
-        data.train.x.to(device), data.train.rul.to(device), data.train.health.to(device)
-    )  # fmt: skip
-    n_batches = -(-len(x_train) // t.batch_size)
 
-    state = _start(run, cfg, data, parts, device, resume, log)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    val_rmse_shown = float("nan")
-
-    while state.epoch < t.epochs and not state.stopped:
-        epoch, epoch_start = state.epoch, time.perf_counter()
-        epoch_lr = optimizer.param_groups[0]["lr"]  # set by the warmup at the end of the last epoch
-        wd = t.weight_decay * weight_decay_factor(t.weight_decay_schedule, epoch)
-        optimizer.param_groups[0]["weight_decay"] = wd
-        model.train()
-        stat = _EpochGradStats(len(TASKS), device)
-        perm = torch.randperm(len(x_train), generator=order).to(device)
-        bar = tqdm(
-            range(n_batches), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
-            disable=not show_bar, file=sys.stderr, dynamic_ncols=True,
-        )  # fmt: skip
-        for b in bar:
-            idx = perm[b * t.batch_size : (b + 1) * t.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                rul_pred, logits, z = model(x_train[idx])
-            losses = loss_fn(rul_pred, logits, rul_train[idx], health_train[idx], cfg.data.max_rul)
-            balancer_state.take()
-            result = backward_fn(
-                balancer, losses, shared, heads,
-                representation=z, grad_source=cfg.balancer.grad_source,
-                last_layer_params=last_layer, want_task_grads=state.step % t.grad_stats_every == 0,
-                scale=precision.scale, check_finite=False,
-            )  # fmt: skip
-            precision.unscale_(optimizer)
-            # The step's one host sync, after backward (as GradScaler): a non-finite loss or
-            # gradient anywhere skips it. Backward on a bad loss is wasted work, but rare.
-            if not guard.check_step(losses, all_params, also=result.finite):
-                balancer_state.restore()  # a skipped step leaves no trace
-                optimizer.zero_grad(set_to_none=True)
-                what = _problem(losses)
-                precision.skip(overflow=what == "gradients")  # fp16: shrink the loss scale
-                _skip(guard, log, epoch, b, what)
-                continue
-            grad_norm = clipper.clip(model.parameters())
-            precision.step(optimizer)
-            precision.update()
-            if onecycle is not None:
-                onecycle.step()
-            losses_after = None
-            if balancer.needs_post_step_losses:  # FAMO: the same batch's losses after the step
-                with torch.no_grad(), precision.autocast():
-                    post = model(x_train[idx])
-                losses_after = loss_fn(
-                    post[0], post[1], rul_train[idx], health_train[idx], cfg.data.max_rul
-                )
-            balancer.after_step(losses_after=losses_after)
-            ema.update(model)
-            guard.record_good()
-            state.step += 1
-
-            stat.add(b, losses, result, grad_norm)
-            if show_bar and b % 10 == 0:  # the postfix reads the device: not every batch
-                lam = "/".join(f"{w:.2f}" for w in result.combination.weights.tolist())
-                loss = float(losses.detach().sum())
-                bar.set_postfix(loss=f"{loss:.3g}", lam=lam, val_rmse=f"{val_rmse_shown:.2f}")
-        bar.close()
-
-        # ---- the epoch's statistics come to the host once; loss spikes among its steps
-        totals, grad_norms = stat.read()
-        state.grad_norms += grad_norms
-        for b, total in zip(stat.batches, totals):
-            if spikes.update(total, epoch, b):
-                log(
-                    f"loss spike at epoch {epoch + 1} batch {b}: {total:.4g} "
-                    f"> {t.spike_factor}x running level {spikes.level:.4g}"
-                )
-        if stat.steps:
-            balancer.end_epoch(epoch, (stat.losses / stat.steps).float())
-
-        # ---- evaluate with the EMA weights swapped in (and always swapped back), or from
-        # train.swa_start on with the SWA average of the epochs' weights
-        use_swa = swa is not None and epoch + 1 >= t.swa_start
-        if use_swa:
-            if epoch + 1 == t.swa_start:
-                log(f"SWA from epoch {epoch + 1}: evaluating the average of the epochs' weights")
-            swa.update_parameters(model)
-        net = swa.module if use_swa else model
-        with nullcontext() if use_swa else ema.swapped(model):
-            val_all = score_split(net, data.val)[0]
-            val_last = score_split(net, data.val_last)[0]
-            test_now = score_split(net, data.test)[0] if t.protocol == "paper" else None
-        val = val_last if t.select == "last" else val_all
-        score = test_now["rmse"] if test_now is not None else val["rmse"]
-        val_rmse_shown = val["rmse"]
-        if warmup is not None and epoch < t.warmup_epochs:
-            warmup.step()  # LR position of the next epoch: lr0 * (0.1 + 0.9 e / warmup)
-        if epoch >= t.warmup_epochs:
-            if plateau is not None:
-                plateau.step(score)
-            if cosine is not None:
-                cosine.step()
-        is_best = score < state.best_score
-        if is_best:
-            state.best_score, state.best_epoch, state.stale_epochs = score, epoch, 0
-            record = {**val, "rmse_all": val_all["rmse"], "rmse_last": val_last["rmse"]}
-            _save_best(run, model, ema, data, cfg, epoch, record, swa if use_swa else None)
-        else:
-            state.stale_epochs += 1
-
-        clip_summary = clipper.epoch_summary()
-        if clip_summary["hint"]:
-            log(clip_summary["hint"])
-        run.append_epoch(
-            {
-                "epoch": epoch + 1, "lr": epoch_lr, "weight_decay": wd,
-                **stat.loss_row(), "val_rmse": val_all["rmse"], "val_rmse_last": val_last["rmse"],
-                "val_mae": val["mae"], "val_nasa_score": val["nasa_score"],
-                "val_health_accuracy": val["health_accuracy"],
-                "test_rmse": test_now["rmse"] if test_now is not None else "",
-                "selection_score": score, "is_best": int(is_best),
-                "seconds": time.perf_counter() - epoch_start,
-                "skipped_steps": guard.total_skipped, "spikes": len(spikes.spikes),
-            },
-            {"epoch": epoch + 1, **stat.row(), **clip_summary_row(clip_summary, t.clip)},
-        )  # fmt: skip
-        state.stopped = state.stale_epochs >= t.early_stop_patience
-        state.epoch += 1
-        elapsed = (time.perf_counter() - started, time.process_time() - cpu_started)
-        _save_last(run, parts, cfg, state, *elapsed)
-        if not exe.quiet:
-            tqdm.write(
-                f"epoch {epoch + 1}/{t.epochs}  loss {stat.mean_total():.4g}  "
-                f"lambda {stat.row()['w_rul']:.3f}/{stat.row()['w_health']:.3f}  "
-                f"val_rmse {val['rmse']:.3f}{'  *' if is_best else ''}",
-                file=sys.stderr,
-            )
-        if state.stopped:
-            log(
-                f"early stopping after epoch {epoch + 1}: no improvement for "
-                f"{t.early_stop_patience} epochs; restoring epoch {state.best_epoch + 1}"
-            )
+    train_cfg = cfg.train
+    while state.epoch < train_cfg.epochs and not state.stopped:
+        epoch, began = state.epoch, time.perf_counter()
+        lr = components.optimizer.param_groups[0][
+            "lr"
+        ]  # set by the warmup at the end of the last epoch
+        weight_decay = train_cfg.weight_decay * weight_decay_factor(
+            train_cfg.weight_decay_schedule, epoch
+        )
+        components.optimizer.param_groups[0]["weight_decay"] = weight_decay
+        grad_stats = _train_epoch(loop, state)
+        _end_epoch(loop, state, grad_stats, lr, weight_decay, began)
         if on_epoch is not None:
             on_epoch(epoch, state.best_score)
 
-    state.seconds += time.perf_counter() - started
-    state.cpu_seconds += time.process_time() - cpu_started
-    metrics = _finish(run, cfg, data, parts, state, exe)
+    wall, cpu = loop.elapsed()
+    state.seconds += wall
+    state.cpu_seconds += cpu
+    metrics = _finish(run, cfg, data, components, state, execution)
     if metrics["test"] is None:
         log(f"done: best epoch {state.best_epoch + 1}, validation {state.best_score:.3f}, no test")
     else:
         log(
             f"done: best epoch {state.best_epoch + 1}, test rmse_last "
             f"{metrics['test']['rmse_last']:.3f}, NASA score "
-            f"{metrics['test']['nasa_score']:.1f} ({PROTOCOL_LABELS[t.protocol]})"
+            f"{metrics['test']['nasa_score']:.1f} ({PROTOCOL_LABELS[train_cfg.protocol]})"
         )
     return metrics
+
+
+def _train_epoch(loop: _Loop, state: LoopState) -> _EpochGradStats:
+    """One epoch's batches, in a fresh order; what they report stays on the device."""
+    train_cfg, components, epoch = loop.cfg.train, loop.components, state.epoch
+    model, optimizer, balancer, precision = (
+        components.model, components.optimizer, components.balancer, components.precision
+    )  # fmt: skip
+    model.train()
+    grad_stats = _EpochGradStats(len(TASKS), loop.device)
+    order = torch.randperm(len(loop.x), generator=components.rng.generator).to(loop.device)
+    n_batches = -(-len(loop.x) // train_cfg.batch_size)
+    bar = tqdm(
+        range(n_batches), desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
+        disable=not loop.show_bar, file=sys.stderr, dynamic_ncols=True,
+    )  # fmt: skip
+    for batch in bar:
+        idx = order[batch * train_cfg.batch_size : (batch + 1) * train_cfg.batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        losses, z = loop.batch_losses(idx)
+        loop.balancer_state.take()
+        grads = loop.backward_fn(
+            balancer, losses, loop.shared, loop.heads,
+            representation=z, grad_source=loop.cfg.balancer.grad_source,
+            last_layer_params=loop.last_layer, scale=precision.scale, check_finite=False,
+            want_task_grads=state.step % train_cfg.grad_stats_every == 0,
+        )  # fmt: skip
+        precision.unscale_(optimizer)
+        # The step's one host sync, after backward (as GradScaler): a non-finite loss or
+        # gradient anywhere skips it. Backward on a bad loss is wasted work, but rare.
+        if not components.guard.check_step(losses, loop.all_params, also=grads.finite):
+            loop.balancer_state.restore()  # a skipped step leaves no trace
+            optimizer.zero_grad(set_to_none=True)
+            what = _problem(losses)
+            precision.skip(overflow=what == "gradients")  # fp16: shrink the loss scale
+            _skip(components.guard, loop.log, epoch, batch, what)
+            continue
+        grad_norm = components.clipper.clip(model.parameters())
+        precision.step(optimizer)
+        precision.update()
+        if components.onecycle is not None:
+            components.onecycle.step()
+        losses_after = None
+        if balancer.needs_post_step_losses:  # FAMO: the same batch's losses after the step
+            with torch.no_grad():
+                losses_after, _ = loop.batch_losses(idx)
+        balancer.after_step(losses_after=losses_after)
+        components.ema.update(model)
+        components.guard.record_good()
+        state.step += 1
+
+        grad_stats.add(batch, losses, grads, grad_norm)
+        if loop.show_bar and batch % 10 == 0:  # the postfix reads the device: not every batch
+            lam = "/".join(f"{w:.2f}" for w in grads.combination.weights.tolist())
+            loss = f"{float(losses.detach().sum()):.3g}"
+            bar.set_postfix(loss=loss, lam=lam, val_rmse=f"{loop.val_rmse_shown:.2f}")
+    bar.close()
+    return grad_stats
+
+
+def _end_epoch(
+    loop: _Loop,
+    state: LoopState,
+    grad_stats: _EpochGradStats,
+    lr: float,
+    weight_decay: float,
+    began: float,
+) -> None:
+    """After an epoch's batches: statistics, spikes, evaluation, schedules, best checkpoint,
+    early stopping, the tables' rows and ``last.pt`` (``lr``, ``weight_decay``: the epoch's;
+    ``began``: its ``perf_counter`` start)."""
+    cfg, run, components, log, epoch = loop.cfg, loop.run, loop.components, loop.log, state.epoch
+    train_cfg = cfg.train
+    # ---- the epoch's statistics come to the host once; loss spikes among its steps
+    totals, grad_norms = grad_stats.read()
+    state.grad_norms += grad_norms
+    for batch, total in zip(grad_stats.batches, totals):
+        if components.spikes.update(total, epoch, batch):
+            log(
+                f"loss spike at epoch {epoch + 1} batch {batch}: {total:.4g} "
+                f"> {train_cfg.spike_factor}x running level {components.spikes.level:.4g}"
+            )
+    if grad_stats.steps:
+        components.balancer.end_epoch(epoch, (grad_stats.losses / grad_stats.steps).float())
+
+    val_all, val_last, test_now, swa = _evaluate(loop, epoch)
+    val = val_last if train_cfg.select == "last" else val_all
+    score = test_now["rmse"] if test_now is not None else val["rmse"]
+    loop.val_rmse_shown = val["rmse"]
+    _step_schedules(components, train_cfg, epoch, score)
+    is_best = score < state.best_score
+    if is_best:
+        state.best_score, state.best_epoch, state.stale_epochs = score, epoch, 0
+        record = {**val, "rmse_all": val_all["rmse"], "rmse_last": val_last["rmse"]}
+        _save_best(run, components.model, components.ema, loop.data, cfg, epoch, record, swa)
+    else:
+        state.stale_epochs += 1
+
+    clip_summary = components.clipper.epoch_summary()
+    if clip_summary["hint"]:
+        log(clip_summary["hint"])
+    means = grad_stats.task_means()
+    run.append_epoch(
+        rundir.history_row(
+            epoch=epoch + 1, lr=lr, weight_decay=weight_decay, task_losses=means["loss"],
+            val_all=val_all, val_last=val_last, val=val, test=test_now, score=score,
+            is_best=is_best, seconds=time.perf_counter() - began,
+            skipped_steps=components.guard.total_skipped, spikes=len(components.spikes.spikes),
+        ),
+        rundir.stats_row(
+            epoch=epoch + 1, steps=grad_stats.steps, grad_samples=grad_stats.samples,
+            task_means=means, cosine=grad_stats.mean_cosine(), clip=clip_summary,
+            clip_threshold=train_cfg.clip,
+        ),
+    )  # fmt: skip
+    state.stopped = state.stale_epochs >= train_cfg.early_stop_patience
+    state.epoch += 1
+    _save_last(run, components, cfg, state, *loop.elapsed())
+    if not loop.quiet:
+        tqdm.write(
+            f"epoch {epoch + 1}/{train_cfg.epochs}  loss {grad_stats.mean_total():.4g}  "
+            f"lambda {means['w'][0]:.3f}/{means['w'][1]:.3f}  "
+            f"val_rmse {val['rmse']:.3f}{'  *' if is_best else ''}",
+            file=sys.stderr,
+        )
+    if state.stopped:
+        log(
+            f"early stopping after epoch {epoch + 1}: no improvement for "
+            f"{train_cfg.early_stop_patience} epochs; restoring epoch {state.best_epoch + 1}"
+        )
+
+
+def _evaluate(loop: _Loop, epoch: int) -> tuple[dict, dict, dict | None, AveragedModel | None]:
+    """Validation (all windows, last windows) and, under ``protocol=paper``, test scores of
+    the EMA weights swapped in (and always swapped back), or from ``train.swa_start`` on of
+    the SWA average of the epochs' weights (then returned with the scores)."""
+    components, train_cfg = loop.components, loop.cfg.train
+    swa = (
+        components.swa if components.swa is not None and epoch + 1 >= train_cfg.swa_start else None
+    )
+    if swa is not None:
+        if epoch + 1 == train_cfg.swa_start:
+            loop.log(f"SWA from epoch {epoch + 1}: evaluating the average of the epochs' weights")
+        swa.update_parameters(components.model)
+    net = swa.module if swa is not None else components.model
+    with nullcontext() if swa is not None else components.ema.swapped(components.model):
+        val_all = score_split(net, loop.data.val)[0]
+        val_last = score_split(net, loop.data.val_last)[0]
+        test_now = score_split(net, loop.data.test)[0] if train_cfg.protocol == "paper" else None
+    return val_all, val_last, test_now, swa
+
+
+def _step_schedules(
+    components: Components, train_cfg: TrainConfig, epoch: int, score: float
+) -> None:
+    """The once-per-epoch LR schedules, after the epoch's evaluation."""
+    if components.warmup is not None and epoch < train_cfg.warmup_epochs:
+        components.warmup.step()  # LR position of the next epoch: lr0 * (0.1 + 0.9 e / warmup)
+    if epoch >= train_cfg.warmup_epochs:
+        if components.plateau is not None:
+            components.plateau.step(score)
+        if components.cosine is not None:
+            components.cosine.step()
 
 
 def weight_decay_factor(schedule: Any, epoch: int) -> float:
@@ -366,19 +494,19 @@ def weight_decay_factor(schedule: Any, epoch: int) -> float:
 # --------------------------------------------------------------------------- components
 
 
-def _device(exe: Execution) -> torch.device:
-    if exe.threads > 0:
-        torch.set_num_threads(exe.threads)
-    if exe.device == "auto":
+def _device(execution: Execution) -> torch.device:
+    if execution.threads > 0:
+        torch.set_num_threads(execution.threads)
+    if execution.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if exe.device == "cuda" and not torch.cuda.is_available():
+    if execution.device == "cuda" and not torch.cuda.is_available():
         raise GraceError("device is cuda but no CUDA device is available")
-    return torch.device(exe.device)
+    return torch.device(execution.device)
 
 
-def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any]:
-    """Every stateful component of a run, by the name its state has in ``last.pt``."""
-    t = cfg.train
+def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> Components:
+    """Every stateful component of a run (the schedulers built in the order they chain in)."""
+    train_cfg = cfg.train
     model = build_model(
         cfg.model,
         n_features=len(data.feature_names),
@@ -393,45 +521,56 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> dict[str, Any
         groups.append({"params": list(balancer.parameters()), "weight_decay": 0.0})
     # fused: one kernel for every parameter (CPU and CUDA); ~5x faster than the per-tensor loop
     optimizer = torch.optim.AdamW(
-        groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=True
+        groups,
+        lr=train_cfg.lr,
+        betas=tuple(train_cfg.betas),
+        weight_decay=train_cfg.weight_decay,
+        fused=True,
     )
-    sched = torch.optim.lr_scheduler
-    parts: dict[str, Any] = {"model": model, "optimizer": optimizer}
-    if t.schedule == "plateau":
-        parts["plateau"] = sched.ReduceLROnPlateau(
-            optimizer, "min", factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr
+    schedules: dict[str, Any] = {}
+    if train_cfg.schedule == "plateau":
+        schedules["plateau"] = lr_scheduler.ReduceLROnPlateau(
+            optimizer, "min", factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience,
+            min_lr=train_cfg.min_lr,
+        )  # fmt: skip
+    elif train_cfg.schedule == "onecycle":
+        steps = train_cfg.epochs * -(-len(data.train) // train_cfg.batch_size)
+        schedules["onecycle"] = lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train_cfg.lr, total_steps=steps, cycle_momentum=False
         )
-    elif t.schedule == "onecycle":
-        steps = t.epochs * -(-len(data.train) // t.batch_size)
-        parts["onecycle"] = sched.OneCycleLR(
-            optimizer, max_lr=t.lr, total_steps=steps, cycle_momentum=False
+    if train_cfg.warmup_epochs > 0 and train_cfg.schedule != "onecycle":
+        schedules["warmup"] = lr_scheduler.LinearLR(
+            optimizer, 0.1, 1.0, total_iters=train_cfg.warmup_epochs
         )
-    parts.update({
-        "ema": ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup),
-        "balancer": balancer,
-        "clipper": GradClipper(max_norm=t.clip, mode=t.clip_mode),
-        "guard": NonFiniteGuard(max_consecutive=t.max_bad_steps),
-        "spikes": SpikeDetector(factor=t.spike_factor),
-        "precision": Precision(t.precision, device),
-        "rng": RngStreams(torch.Generator().manual_seed(cfg.seed)),  # data order
-    })  # fmt: skip
-    if t.warmup_epochs > 0 and t.schedule != "onecycle":
-        parts["warmup"] = sched.LinearLR(optimizer, 0.1, 1.0, total_iters=t.warmup_epochs)
-    if t.schedule == "cosine":
+    if train_cfg.schedule == "cosine":
         # Built after the warmup and stepped only after it: its recursive form continues
         # from lr0, where the warmup ends.
-        parts["cosine"] = sched.CosineAnnealingLR(
-            optimizer, T_max=max(t.epochs - t.warmup_epochs, 1), eta_min=t.min_lr
+        schedules["cosine"] = lr_scheduler.CosineAnnealingLR(
+            optimizer,
+            T_max=max(train_cfg.epochs - train_cfg.warmup_epochs, 1),
+            eta_min=train_cfg.min_lr,
         )
-    if t.swa_start > 0:
-        parts["swa"] = torch.optim.swa_utils.AveragedModel(model)
-    return parts
+    return Components(
+        model=model,
+        optimizer=optimizer,
+        ema=ModelEma(model, decay=train_cfg.ema_decay, warmup=train_cfg.ema_warmup),
+        balancer=balancer,
+        clipper=GradClipper(max_norm=train_cfg.clip, mode=train_cfg.clip_mode),
+        guard=NonFiniteGuard(max_consecutive=train_cfg.max_bad_steps),
+        spikes=SpikeDetector(factor=train_cfg.spike_factor),
+        precision=Precision(train_cfg.precision, device),
+        rng=RngStreams(torch.Generator().manual_seed(cfg.seed)),
+        swa=AveragedModel(model) if train_cfg.swa_start > 0 else None,
+        **schedules,
+    )
 
 
-def _start(run: RunDir, cfg: Config, data, parts, device, resume: bool, log) -> LoopState:
+def _start(
+    run: RunDir, cfg: Config, data, components: Components, device, resume: bool, log
+) -> LoopState:
     """The loop state of a new run (config and table headers written) or of a resumed one."""
     if resume:
-        state = _restore(run, parts, cfg)
+        state = _restore(run, components, cfg)
         log(f"resumed from {run.last} at epoch {state.epoch + 1}")
         return state
     run.start(cfg.to_dict())
@@ -439,20 +578,20 @@ def _start(run: RunDir, cfg: Config, data, parts, device, resume: bool, log) -> 
         f"{cfg.data.dataset}: {len(data.train)} train / {len(data.val)} val windows, "
         f"{len(data.test) if data.test is not None else 'no'} test units; "
         f"model '{cfg.preset}' with "
-        f"{count_parameters(parts['model']):,} parameters; balancer {cfg.balancer.name}; "
-        f"device {device.type}; precision {parts['precision'].mode}"
+        f"{count_parameters(components.model):,} parameters; balancer {cfg.balancer.name}; "
+        f"device {device.type}; precision {components.precision.mode}"
     )
     return LoopState()
 
 
 def _save_last(
-    run: RunDir, parts: dict[str, Any], cfg: Config, state: LoopState, wall: float, cpu: float
+    run: RunDir, components: Components, cfg: Config, state: LoopState, wall: float, cpu: float
 ) -> None:
     """``last.pt``: every component's state, the loop's values (times so far) and the config."""
     times = {"seconds": state.seconds + wall, "cpu_seconds": state.cpu_seconds + cpu}
     atomic_torch_save(
         {
-            "components": {name: part.state_dict() for name, part in parts.items()},
+            "components": components.state_dict(),
             "loop": asdict(replace(state, **times)),
             "config": cfg.to_dict(),
             "config_hash": config_hash(cfg),
@@ -474,11 +613,12 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _restore(run: RunDir, parts: dict[str, Any], cfg: Config) -> LoopState:
+def _restore(run: RunDir, components: Components, cfg: Config) -> LoopState:
     """Load ``last.pt`` into the components; cut the tables back to its epoch."""
     saved = load_checkpoint(run.last)
-    components = saved.get("components")
-    if not isinstance(components, dict) or set(components) != set(parts) or "loop" not in saved:
+    states = saved.get("components")
+    names = set(components.present())
+    if not isinstance(states, dict) or set(states) != names or "loop" not in saved:
         raise GraceError(f"checkpoint {run.last} is not a resumable last.pt of this run")
     _check_last_config(run, saved, cfg)
     loop = saved["loop"]
@@ -493,9 +633,10 @@ def _restore(run: RunDir, parts: dict[str, Any], cfg: Config) -> LoopState:
     try:
         state = LoopState(**loop)
         _check_loop_types(state)
-        for where, part in parts.items():
-            part.load_state_dict(components[where])
+        components.load_state_dict(states)
     except Exception as exc:  # load_state_dict raises many types for a foreign or damaged state
+        if isinstance(exc, ComponentError):
+            where, exc = exc.name, exc.error
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise GraceError(f"checkpoint {run.last} does not fit this run ({where}: {first})") from (
             None
@@ -582,7 +723,7 @@ def _save_best(
 
 
 def _finish(
-    run: RunDir, cfg: Config, data, parts: dict[str, Any], state: LoopState, exe: Execution
+    run: RunDir, cfg: Config, data, components: Components, state: LoopState, execution: Execution
 ) -> dict[str, Any]:
     """Restore the best weights (model + EMA), score the test set once, write the outputs.
 
@@ -590,7 +731,7 @@ def _finish(
     the truncated-validation cuts of its held-out units); a run without a test split
     writes no test predictions, trajectories or test metrics.
     """
-    model, ema, guard = parts["model"], parts["ema"], parts["guard"]
+    model, ema, guard = components.model, components.ema, components.guard
     best = load_checkpoint(run.best)
     model.load_state_dict(best["model"])
     ema.load_state_dict(best["ema"])
@@ -606,7 +747,7 @@ def _finish(
         if data.test is not None:
             test, rul_pred, health_pred = score_split(model, data.test)
             intervals = run_interval_metrics(model, data, cfg.seed)
-            trajectories = _trajectories(model, cfg, data, exe.data_dir)
+            trajectories = _trajectories(model, cfg, data, execution.data_dir)
     if data.test is not None:
         run.write_table(
             rundir.PREDICTIONS,
@@ -630,7 +771,7 @@ def _finish(
         "protocol": cfg.train.protocol,
         "protocol_label": PROTOCOL_LABELS[cfg.train.protocol],
         "select": cfg.train.select,
-        "precision": parts["precision"].mode,
+        "precision": components.precision.mode,
         "val": {k: v for k, v in best["metrics"].items() if k != "confusion"},
         "test": test_metrics(test) if test is not None else None,
         "test_split": data.test_split if test is not None else "none (not built)",
@@ -646,7 +787,7 @@ def _finish(
             "first_bad_step": dict(zip(("epoch", "batch", "what"), first_bad))
             if first_bad
             else None,
-            "spikes": len(parts["spikes"].spikes),
+            "spikes": len(components.spikes.spikes),
         },
         "version": __version__,
         "commit": source_commit(),
@@ -732,8 +873,8 @@ class _EpochGradStats:
         self._views(self._sums)
 
     def _views(self, sums: torch.Tensor) -> None:
-        parts = sums.split([self.k] * 5 + [1])
-        self.losses, self.weights, self.raw, self.smooth, self.norms, self.cos = parts
+        views = sums.split([self.k] * 5 + [1])
+        self.losses, self.weights, self.raw, self.smooth, self.norms, self.cos = views
 
     def add(
         self, batch: int, losses: torch.Tensor, result: StepGrads, grad_norm: torch.Tensor
@@ -771,30 +912,19 @@ class _EpochGradStats:
     def mean_total(self) -> float:
         return float(self.losses.sum() / max(self.steps, 1))
 
-    def loss_row(self) -> dict[str, Any]:
-        """The loss columns of a history row."""
-        mean = (self.losses / max(self.steps, 1)).tolist()
-        return {"train_loss": sum(mean), **{f"loss_{t}": v for t, v in zip(TASKS, mean)}}
-
-    def row(self) -> dict[str, Any]:
+    def task_means(self) -> dict[str, list[Any]]:
+        """Per task (in ``TASKS`` order), the epoch's means: ``loss``, ``gnorm`` (the sampled
+        task-gradient norm, ``""`` without samples), ``raw_w``, ``w`` and ``smooth_w`` (``""``
+        when the balancer smooths none), the names of the statistics columns."""
         n, s = max(self.steps, 1), self.samples
-        row: dict[str, Any] = {"steps": self.steps, "grad_samples": s}
-        for i, task in enumerate(TASKS):
-            row[f"loss_{task}"] = float(self.losses[i] / n)
-            row[f"gnorm_{task}"] = float(self.norms[i] / s) if s else ""
-            row[f"raw_w_{task}"] = float(self.raw[i] / n)
-            row[f"w_{task}"] = float(self.weights[i] / n)
-            row[f"smooth_w_{task}"] = float(self.smooth[i] / n) if self.has_smooth else ""
-        row["cos_rul_health"] = float(self.cos) / s if s else ""
-        return row
+        return {
+            "loss": [float(v / n) for v in self.losses],
+            "gnorm": [float(v / s) if s else "" for v in self.norms],
+            "raw_w": [float(v / n) for v in self.raw],
+            "w": [float(v / n) for v in self.weights],
+            "smooth_w": [float(v / n) if self.has_smooth else "" for v in self.smooth],
+        }
 
-
-def clip_summary_row(summary: dict[str, float], threshold: float) -> dict[str, Any]:
-    """The clipping columns of a gradient-statistics row."""
-    return {
-        "grad_norm_mean": summary["mean"],
-        "grad_norm_max": summary["max"],
-        "grad_norm_p90": summary["p90"],
-        "clip_fraction": summary["fraction"],
-        "clip_threshold": threshold,
-    }
+    def mean_cosine(self) -> float | str:
+        """The mean cosine between the task gradients, ``""`` without samples."""
+        return float(self.cos) / self.samples if self.samples else ""
