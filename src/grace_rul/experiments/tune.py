@@ -178,6 +178,15 @@ def _param(where: str, key: str, kind: str, arg: Any, step: Any) -> Param:
     return Param(key, kind, low, high, None if step is None else float(step))
 
 
+def _flat(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{where}.{key}" if where else str(key)
+        out.update(_flat(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
 def nested(dotted: dict[str, Any]) -> dict[str, Any]:
     """``{"train.lr": 1e-3}`` -> ``{"train": {"lr": 1e-3}}``."""
     out: dict[str, Any] = {}
@@ -318,6 +327,10 @@ def prepare_study(spec: TuneSpec, extend: bool = False) -> Any:
         saved = load_yaml(path, "study file")
         if saved != spec.defining() and not extend:
             diff = [k for k in spec.defining() if saved.get(k) != spec.defining()[k]]
+            if "base" in diff:  # name the settings: "base settings (data.window)"
+                old, new = _flat(saved.get("base") or {}), _flat(spec.base)
+                keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                diff[diff.index("base")] = f"base settings ({', '.join(keys)})"
             raise GraceError(
                 f"{out} holds a study with another {', '.join(diff)} (use --extend to continue "
                 "it with these settings, or another --out)"
