@@ -93,7 +93,7 @@ def read_yaml_file(path: str | Path, where: str | None = None) -> Any:
     """:func:`load_yaml_text` of a file (size checked before reading; UTF-8)."""
     p = Path(path)
     where = where or str(p)
-    _check_size(p, MAX_YAML_BYTES, where)
+    check_file(p, MAX_YAML_BYTES, where)
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
@@ -101,13 +101,21 @@ def read_yaml_file(path: str | Path, where: str | None = None) -> Any:
     return load_yaml_text(text, where)
 
 
-def _check_size(path: Path, limit: int, where: str) -> int:
+def check_file(path: Path, limit: int, where: str, missing: str | None = None) -> int:
+    """The size of ``path``, a regular file (links followed) of at most ``limit`` bytes.
+
+    ``where`` names it in messages; ``missing`` is the message when it does not exist.
+    """
     try:
         info = path.stat()
+    except FileNotFoundError:
+        if missing is None:
+            raise GraceError(f"{where} cannot be read (No such file or directory)") from None
+        raise GraceError(missing) from None
     except OSError as exc:
         raise GraceError(f"{where} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise GraceError(f"{where} is not a regular file")
+        raise GraceError(f"{where} is not a regular file (a device, pipe or directory)")
     if info.st_size > limit:
         raise GraceError(f"{where} is {info.st_size} bytes, over the limit of {limit} bytes")
     return info.st_size
@@ -122,7 +130,7 @@ def read_table_bytes(path: str | Path, limit: int = MAX_INPUT_BYTES, where: str 
     """
     p = Path(path)
     where = where or str(p)
-    _check_size(p, limit, where)
+    check_file(p, limit, where)
     try:
         with open(p, "rb") as f:
             magic = f.read(2)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from grace_rul.bounded import check_file
 from grace_rul.checkpoint import _fsync_dir, atomic_write_bytes, atomic_write_json
 from grace_rul.config import config_from_dict
 from grace_rul.data.cmapss import Normalizer, window_rows
@@ -288,24 +288,9 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _regular_file(path: Path, limit: int, missing: str) -> int:
-    """The size of ``path``, a regular file (links followed) of at most ``limit`` bytes."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise GraceError(missing) from None
-    except OSError as exc:
-        raise GraceError(f"{path} cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise GraceError(f"{path} is not a regular file (a device, pipe or directory)")
-    if info.st_size > limit:
-        raise GraceError(f"{path} is {info.st_size} bytes, over the limit of {limit}")
-    return info.st_size
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     missing = f"{path.parent} is not a GRACE model directory: {path.name} not found"
-    _regular_file(path, MAX_JSON_BYTES, missing)
+    check_file(path, MAX_JSON_BYTES, str(path), missing)
     try:
         text = path.read_bytes().decode("utf-8")
         doc = json.loads(text, parse_float=_strict_float, parse_constant=_no_constant)
@@ -325,7 +310,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _read_header(path: Path) -> dict[str, list[int]]:
     """The tensor shapes a safetensors file declares, read from its header alone."""
     missing = f"{path.parent} is not a complete model directory: {path.name} not found"
-    size = _regular_file(path, MAX_WEIGHTS_BYTES, missing)
+    size = check_file(path, MAX_WEIGHTS_BYTES, str(path), missing)
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
@@ -344,7 +329,7 @@ def _read_weights(path: Path) -> dict[str, Any]:
     from safetensors.torch import load as safetensors_load
 
     missing = f"{path.parent} is not a complete model directory: {path.name} not found"
-    _regular_file(path, MAX_WEIGHTS_BYTES, missing)
+    check_file(path, MAX_WEIGHTS_BYTES, str(path), missing)
     try:
         data = path.read_bytes()
     except OSError as exc:
