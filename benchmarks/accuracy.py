@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import statistics
 from pathlib import Path
 
-from grace_rul.checkpoint import atomic_write_text
 from grace_rul.config import DEFAULT_PRESET, PRESETS, Execution, resolve_config
 from grace_rul.experiments.grid import DONE, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.inference.ensemble import build_ensemble
 from grace_rul.rundir import RunDir
-from readme_tables import replace_section
+from readme_tables import replace_section, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.csv"
@@ -111,11 +109,7 @@ def merged_rows(rows: list[dict], preset: str) -> list[dict]:
 
 
 def write_csv(rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(RESULTS, buf.getvalue())
+    write_rows(RESULTS, COLUMNS, rows)
 
 
 def _mean_std(values: list[float]) -> str:

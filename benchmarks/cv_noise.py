@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import statistics
 from pathlib import Path
 
-from grace_rul.checkpoint import atomic_write_text
 from grace_rul.config import Execution
 from grace_rul.experiments.grid import DONE, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
-from readme_tables import replace_section
+from readme_tables import replace_section, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "cv_noise.csv"
@@ -72,11 +70,7 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 
 def write_csv(rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(RESULTS, buf.getvalue())
+    write_rows(RESULTS, COLUMNS, rows)
 
 
 def _spread(values: list[float]) -> str:

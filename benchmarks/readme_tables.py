@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -18,3 +20,12 @@ def replace_section(name: str, text: str, readme: Path = README) -> None:
         raise SystemExit(f"{readme} has no {start} ... {end} markers")
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     atomic_write_text(readme, pattern.sub(lambda _: f"{start}\n{text}{end}", content))
+
+
+def write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """A benchmark's result rows as one CSV file, written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
