@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from grace_rul.bounded import MAX_TABLE_BYTES, PARQUET_MAGIC, read_table_bytes
+from grace_rul.data import frames
 from grace_rul.data.cmapss import TEST_SEED, DataConfig, RawSubset, check_window, split_units
 from grace_rul.errors import GraceError, brief
 
@@ -70,7 +71,6 @@ KEYS: tuple[str, ...] = (
 )  # fmt: skip
 NAN_POLICIES: tuple[str, ...] = ("error", "ffill")
 MIN_UNITS = 3
-MAX_WHOLE = 2**53  # unit ids and times: whole numbers that float64 holds exactly
 NEAR_CONSTANT_SHARE = 0.995  # one value in this share of training rows: dropped
 
 
@@ -289,60 +289,49 @@ def _clean(frame: pd.DataFrame, columns: list[str], spec: TableSpec, source: Pat
         if name not in names:
             raise GraceError(f"{source}: no column '{name}' ({_near(name, names)})")
     frame, labels = _number_units(frame, spec.unit, source)
-    out = pd.DataFrame(index=frame.index)
+    values: dict[str, np.ndarray] = {}
     for name in columns:
         column = frame[name]
         if isinstance(column, pd.DataFrame):
             raise GraceError(f"{source}: column '{name}' appears more than once")
-        if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-            bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
-            row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
+        numbers, bad = frames.as_numbers(column)
+        if pd.api.types.is_bool_dtype(column) or bad is not None:
+            row = bad or 0
             raise GraceError(
                 f"{source}: column '{name}' is not numeric ({brief(column.iloc[row], 40)} at "
                 f"data row {row + 1})"
             )
-        out[name] = column
-    if len(out) == 0:
+        values[name] = numbers
+    if len(frame) == 0:
         raise GraceError(f"{source}: no rows")
-    out = out.reset_index(drop=True)
-    unit_name, time_name = spec.unit, spec.time
-    for name in (unit_name, time_name):
-        _no_nan(out, name, source, None)
-        values = out[name].to_numpy(dtype=np.float64)
-        whole = values == np.round(values)
-        if not whole.all():
-            row = int(np.flatnonzero(~whole)[0])
-            raise GraceError(
-                f"{source}: column '{name}' must hold whole numbers ({values[row]} at data row "
-                f"{row + 1})"
-            )
-        big = np.flatnonzero(np.abs(values) > MAX_WHOLE)
-        if len(big):
-            row = int(big[0])
-            raise GraceError(
-                f"{source}: column '{name}' value {values[row]:.6g} at data row {row + 1} is out "
-                "of range (whole numbers up to 2**53)"
-            )
-    unit = out[unit_name].to_numpy(dtype=np.float64).astype(np.int64)
-    time = out[time_name].to_numpy(dtype=np.float64).astype(np.int64)
+
+    def at(i: int) -> str:
+        return f"data row {i + 1}"
+
+    def named(u: int) -> Any:  # a unit as the user wrote it
+        return labels[u - 1] if labels is not None else u
+
+    unit = frames.whole_numbers(values[spec.unit], spec.unit, str(source), at)
+    time = frames.whole_numbers(values[spec.time], spec.time, str(source), at)
     # Rows in any order (a database or Spark export is rarely sorted): sorted here by
     # (unit, time); only true duplicates are refused.
-    order = np.lexsort((time, unit))
-    same = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(time[order]) == 0))
-    if len(same):
-        a, b = sorted((int(order[same[0]]), int(order[same[0] + 1])))
-        name = labels[unit[a] - 1] if labels is not None else unit[a]
-        raise GraceError(
-            f"{source}: duplicate rows for unit {name}, {time_name} {time[a]} "
-            f"(data rows {a + 1} and {b + 1})"
-        )
+    order = frames.duplicate_rows(unit, time, spec.time, str(source), at, named)
     data = {"unit": unit[order], "cycle": time[order]}
-    data.update({name: out[name].to_numpy(dtype=np.float64)[order] for name in columns[2:]})
+    data.update({name: values[name][order] for name in columns[2:]})
     clean = pd.DataFrame(data)
     if spec.nan_policy == "ffill":
         clean[columns[2:]] = clean.groupby("unit", sort=False)[columns[2:]].ffill()
     for name in columns[2:]:
         _no_nan(clean, name, source, order)
+
+    def row(i: int) -> str:
+        return f"unit {named(int(clean['unit'].iat[i]))}, {spec.time} {clean['cycle'].iat[i]}"
+
+    for name in columns[2:]:
+        what = "setting" if name in spec.settings else "sensor"
+        frames.finite_float32(
+            clean[name].to_numpy(), name, what, str(source), lambda i: at(int(order[i])), row
+        )
     if labels is not None:
         clean.attrs["unit_labels"] = labels
     return clean
@@ -356,30 +345,12 @@ def _number_units(frame: pd.DataFrame, name: str, source: Path) -> tuple[pd.Data
     """
     if name not in frame.columns or isinstance(frame[name], pd.DataFrame):
         return frame, None
-    labels, blank = text_unit_ids(frame[name])
+    labels, blank = frames.text_unit_ids(frame[name])
     if blank is not None:
         raise GraceError(f"{source}: missing unit id in column '{name}' at data row {blank + 1}")
     if labels is None:
         return frame, None
-    text = frame[name].astype(str).str.strip()
-    codes = pd.Categorical(text, categories=labels).codes.astype(np.int64) + 1
-    return frame.assign(**{name: codes}), labels
-
-
-def text_unit_ids(column: pd.Series) -> tuple[list[str] | None, int | None]:
-    """The sorted unit ids when a unit column holds text (``None`` for numbers, or numbers
-    written as text), and the position of the first blank id (``None`` if there is none)."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        column = column.astype(object)
-    if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
-        return None, None
-    text = column.astype(str).str.strip()
-    blank = column.isna().to_numpy() | (text == "").to_numpy()
-    if blank.any():
-        return None, int(np.flatnonzero(blank)[0])
-    if pd.to_numeric(text, errors="coerce").notna().all():
-        return None, None
-    return sorted(set(text)), None
+    return frame.assign(**{name: frames.unit_codes(frame[name], labels) + 1}), labels
 
 
 def _no_nan(frame: pd.DataFrame, name: str, source: Path, order: np.ndarray | None) -> None:

@@ -32,14 +32,11 @@ import numpy as np
 import pandas as pd
 
 from grace_rul.bounded import MAX_INPUT_BYTES, read_table_bytes
+from grace_rul.data import frames
 from grace_rul.data.cmapss import COLUMNS, SETTINGS
-from grace_rul.data.tables import text_unit_ids
 from grace_rul.errors import GraceError, brief
 
 REQUIRED: tuple[str, ...] = ("unit", "cycle", *SETTINGS)
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-MAX_WHOLE = 2**53  # unit ids and cycles: whole numbers that float64 holds exactly
-_NAN_WORDS = {"", "nan", "na", "n/a", "null", "none", "-nan"}
 
 
 @dataclass
@@ -155,6 +152,7 @@ def clean_frame(
     Every refusal is a one-line ``GraceError``.
     """
     frame = _canonical(frame, unit, time)
+    said = {"unit": unit, "cycle": time}  # the names the user wrote, for messages
     required = ("unit", "cycle", *settings)
     if not isinstance(frame, pd.DataFrame):
         raise GraceError(f"{source}: expected a pandas DataFrame, got {type(frame).__name__}")
@@ -163,10 +161,9 @@ def clean_frame(
         names.setdefault(str(col).strip(), col)
     missing = [c for c in required if c not in names]
     if missing:
-        named = {"unit": unit, "cycle": time}
         raise GraceError(
-            f"{source}: missing column(s) {', '.join(named.get(c, c) for c in missing)} "
-            f"(needed: {', '.join(named.get(c, c) for c in required)} and the model's sensors)"
+            f"{source}: missing column(s) {', '.join(said.get(c, c) for c in missing)} "
+            f"(needed: {', '.join(said.get(c, c) for c in required)} and the model's sensors)"
         )
     lacking = [s for s in sensors if s not in names]
     if lacking:
@@ -189,57 +186,30 @@ def clean_frame(
     values: dict[str, np.ndarray] = {}
     labels = _unit_labels(unit_col, source, at)
     if labels is not None:  # text ids (serial numbers): numbered in sorted order, kept for output
-        codes = pd.Categorical(unit_col.astype(str).str.strip(), categories=labels).codes
-        frame = frame.assign(**{names["unit"]: codes.astype(np.int64)})
+        frame = frame.assign(**{names["unit"]: frames.unit_codes(unit_col, labels)})
     for name in (*required, *sensors):
         column = frame[names[name]]
         if isinstance(column, pd.DataFrame):
-            raise GraceError(f"{source}: column {name} appears more than once")
+            raise GraceError(f"{source}: column {said.get(name, name)} appears more than once")
         position = frame.columns.get_loc(names[name])
-        values[name] = _numeric(column, name, int(position) + 1, source, at)
-    for name in required:
+        values[name] = _numeric(column, said.get(name, name), int(position) + 1, source, at)
+    unit = frames.whole_numbers(values["unit"], said["unit"], source, at)
+    cycle = frames.whole_numbers(values["cycle"], said["cycle"], source, at)
+    for name in settings:
         bad = np.flatnonzero(~np.isfinite(values[name]))
         if len(bad):
             raise GraceError(f"{source}: {values[name][bad[0]]} in column {name} at {at(bad[0])}")
-        whole = values[name] == np.round(values[name])
-        if name in ("unit", "cycle") and not whole.all():
-            i = int(np.flatnonzero(~whole)[0])
-            raise GraceError(
-                f"{source}: {name} must be a whole number ({values[name][i]} at {at(i)})"
-            )
-        big = np.flatnonzero(np.abs(values[name]) > MAX_WHOLE) if name in ("unit", "cycle") else []
-        if len(big):
-            i = int(big[0])
-            raise GraceError(
-                f"{source}: {name} {values[name][i]:.6g} at {at(i)} is out of range "
-                f"(whole numbers up to 2**53)"
-            )
-    unit = values["unit"].astype(np.int64)
-    cycle = values["cycle"].astype(np.int64)
 
     def named(u: int) -> Any:  # a unit as the user wrote it
         return labels[u] if labels is not None else u
 
+    def row(i: int) -> str:
+        return f"unit {named(unit[i])}, {said['cycle']} {cycle[i]}"
+
     for name in (*settings, *sensors):
-        v = values[name]
-        bad = np.flatnonzero(~np.isfinite(v) | (np.abs(v) > FLOAT32_MAX))
-        if len(bad):
-            i = int(bad[0])
-            kind = "NaN" if np.isnan(v[i]) else ("Inf" if np.isinf(v[i]) else f"{v[i]:.6g}")
-            what = "sensor" if name in sensors else "setting"
-            beyond = " (outside float32, what the model computes in)" if np.isfinite(v[i]) else ""
-            raise GraceError(
-                f"{source}: {kind} in {what} {name} at {at(i)} "
-                f"(unit {named(unit[i])}, cycle {cycle[i]}){beyond}"
-            )
-    order = np.lexsort((cycle, unit))
-    same = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(cycle[order]) == 0))
-    if len(same):
-        a, b = sorted((order[same[0]], order[same[0] + 1]))
-        raise GraceError(
-            f"{source}: duplicate rows for unit {named(unit[a])}, cycle {cycle[a]} "
-            f"({at(a)} and {at(b)})"
-        )
+        what = "sensor" if name in sensors else "setting"
+        frames.finite_float32(values[name], name, what, source, at, row)
+    frames.duplicate_rows(unit, cycle, said["cycle"], source, at, named)
     order = np.argsort(unit, kind="stable")
     step_back = np.flatnonzero((np.diff(unit[order]) == 0) & (np.diff(cycle[order]) < 0))
     if len(step_back):
@@ -262,7 +232,7 @@ def _unit_labels(column: pd.Series, source: str, at) -> list[str] | None:
     Ids such as ``ESN-1042`` are kept as labels: rows are grouped by the label and the
     output names each unit by it. A missing or blank id is refused.
     """
-    labels, blank = text_unit_ids(column)
+    labels, blank = frames.text_unit_ids(column)
     if blank is not None:
         raise GraceError(f"{source}: missing unit id at {at(blank)}")
     return labels
@@ -279,17 +249,10 @@ def _numeric(column: pd.Series, name: str, position: int, source: str, at) -> np
     """A column as float64; a cell that is neither a number nor a NaN word is refused."""
     if pd.api.types.is_bool_dtype(column.dtype):
         raise GraceError(f"{source}: column {name} holds true/false values, not numbers")
-    if pd.api.types.is_numeric_dtype(column.dtype):
-        return column.to_numpy(dtype=np.float64, na_value=np.nan)
-    converted = pd.to_numeric(column, errors="coerce")
-    text = column.astype(str).str.strip().str.lower()
-    bad = np.flatnonzero(
-        converted.isna().to_numpy() & column.notna().to_numpy() & ~text.isin(_NAN_WORDS).to_numpy()
-    )
-    if len(bad):
-        i = int(bad[0])
+    values, bad = frames.as_numbers(column)
+    if bad is not None:
         raise GraceError(
-            f"{source}: non-numeric value {brief(column.iloc[i], 40)} at {at(i)}, column "
+            f"{source}: non-numeric value {brief(column.iloc[bad], 40)} at {at(bad)}, column "
             f"{position} ({name})"
         )
-    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    return values
