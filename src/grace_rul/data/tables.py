@@ -44,9 +44,12 @@ Unit ids may be text (``pump-A``): each file's ids are numbered 1..n in sorted o
 
 Every problem is one line (:class:`~grace_rul.errors.GraceError`): a missing file or
 column (with near names), a blank unit id, a non-numeric column, NaN cells (rows and column named),
-a unit id or time beyond 2**53, duplicate (unit, time) rows, fewer than 3 units,
+a unit id or time that is not a whole number or beyond 2**53, a setting or sensor beyond
+float32, duplicate (unit, time) rows, fewer than 3 units,
 a training unit shorter than the window, ``test_rul`` rows that do not match the test
-units, and a sensor list that is empty after dropping constant columns.
+units, and a sensor list that is empty after dropping constant columns. The cell checks
+are those of prediction inputs (:mod:`grace_rul.data.frames`), so a table that trains is
+a table that predicts.
 """
 
 from __future__ import annotations
@@ -353,18 +356,18 @@ def _number_units(frame: pd.DataFrame, name: str, source: Path) -> tuple[pd.Data
     return frame.assign(**{name: frames.unit_codes(frame[name], labels) + 1}), labels
 
 
-def _no_nan(frame: pd.DataFrame, name: str, source: Path, order: np.ndarray | None) -> None:
-    """Refuse NaN/Inf cells of one column, naming up to three data rows (file order)."""
+def _no_nan(frame: pd.DataFrame, name: str, source: Path, order: np.ndarray) -> None:
+    """Refuse NaN/Inf cells of one column (rows in ``order``), naming up to three data rows
+    (file order)."""
     values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.flatnonzero(~np.isfinite(values))
     if not len(bad):
         return
-    rows = np.sort(bad if order is None else order[bad])[:3] + 1
+    rows = np.sort(order[bad])[:3] + 1
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    hint = " (nan_policy: ffill fills within a unit)" if order is not None else ""
     raise GraceError(
         f"{source}: {len(bad)} NaN/Inf cell(s) in column '{name}' at data row(s) "
-        f"{', '.join(map(str, rows))}{more}{hint}"
+        f"{', '.join(map(str, rows))}{more} (nan_policy: ffill fills within a unit)"
     )
 
 

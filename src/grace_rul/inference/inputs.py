@@ -18,7 +18,9 @@ or Inf or a value outside float32 (sensor or setting, line, unit, cycle), a blan
 a numeric unit or a cycle that is not a whole number or beyond 2**53, no rows
 (or a unit listed as a category with no rows), duplicate (unit, cycle) rows, and cycles
 that do not increase within a unit in file order. Rows of one unit need not be adjacent;
-the cleaned frame is ordered by unit (stable), then file order.
+the cleaned frame is ordered by unit (stable), then file order. The cell checks are
+those of training tables (:mod:`grace_rul.data.frames`); messages use the unit and time
+column names the input was read with.
 """
 
 from __future__ import annotations
