@@ -13,7 +13,6 @@ import torch
 import yaml
 
 from conftest import QUIET
-from grace_rul.config import resolve_config
 from grace_rul.data import (
     SENSORS,
     SETTINGS,
@@ -26,6 +25,7 @@ from grace_rul.data import (
 )
 from grace_rul.data.regimes import kmeans_regimes
 from grace_rul.errors import GraceError
+from grace_rul.resolve import resolve_config
 
 # Other names for every C-MAPSS column: the tables must not rely on GRACE's names.
 RENAME = {"unit": "engine_id", "cycle": "t", **{s: f"op_{i}" for i, s in enumerate(SETTINGS)}}

@@ -12,7 +12,6 @@ import torch
 
 import grace_rul
 import grace_rul.inference.modelfile as modelfile
-from grace_rul.config import resolve_config
 from grace_rul.data import SENSORS, Normalizer, cmapss, read_cmapss
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split
@@ -22,6 +21,7 @@ from grace_rul.inference.gracemodel import GraceModel, Member
 from grace_rul.inference.inputs import clean_frame, read_input
 from grace_rul.inference.modelfile import read_model_dir, save_model
 from grace_rul.model import build_model
+from grace_rul.resolve import resolve_config
 
 torch.set_num_threads(1)
 

@@ -37,11 +37,10 @@ import numpy as np
 import pandas as pd
 
 from grace_rul import __version__, rundir, source_commit
-from grace_rul.checkpoint import atomic_write_text
-from grace_rul.config import Config, Execution
+from grace_rul.config import PROTOCOL_LABELS, Config, Execution
 from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write_text
 from grace_rul.lock import LOCK_FILE, DirLock
-from grace_rul.metrics import PROTOCOL_LABELS
 from grace_rul.rundir import RunDir
 
 MODEL_DIR = "model"

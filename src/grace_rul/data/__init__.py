@@ -4,14 +4,13 @@
 N-CMAPSS HDF5 file; :mod:`grace_rul.data.datasets`) and builds its windows.
 """
 
+from grace_rul.config import DATASETS, DataConfig, dataset_name, is_dataset_file
 from grace_rul.data.cmapss import (
     COLUMNS,
-    DATASETS,
     SENSORS,
     SETTINGS,
     SHA256,
     CMAPSSData,
-    DataConfig,
     Normalizer,
     RawSubset,
     Split,
@@ -19,10 +18,8 @@ from grace_rul.data.cmapss import (
     build_data,
     bundled_dir,
     clear_cache,
-    dataset_name,
     fold_units,
     health_class,
-    is_dataset_file,
     label_frame,
     load_cmapss,
     make_windows,

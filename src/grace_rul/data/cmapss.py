@@ -83,12 +83,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from grace_rul.config import DATASETS, SCALINGS, DataConfig
 from grace_rul.errors import GraceError
 
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; annotations only
     from importlib.resources.abc import Traversable
 
-DATASETS: tuple[str, ...] = ("FD001", "FD002", "FD003", "FD004")
 SETTINGS: tuple[str, ...] = ("setting1", "setting2", "setting3")
 COLUMNS: tuple[str, ...] = ("unit", "cycle", *SETTINGS, *(f"s{i}" for i in range(1, 22)))
 SENSORS: tuple[str, ...] = (
@@ -115,85 +115,10 @@ SHA256: dict[str, str] = {
     "RUL_FD004.txt": "196b836b85a95ac7fdbbf29c5fdf1657382eafa445644d114ffaaf50dc2975e1",
 }
 
-NORMALIZATIONS: tuple[str, ...] = ("auto", "global", "regime")
-SCALINGS: tuple[str, ...] = ("zscore", "minmax")
 SUMMARY_ROWS = 2  # data.window_features: the mean row and the slope row
 # Seed of test splits a fleet lacks (held-out units, their cuts): fixed, so every run
 # seed of a sweep is scored on the same test windows.
 TEST_SEED = 0
-
-
-@dataclass
-class DataConfig:
-    """The data contract's settings: subset, windows, label caps, split and scaling.
-
-    Plain values only; :meth:`validate` is the one place they are checked. The
-    meaning of each is in this module's docstring.
-    """
-
-    dataset: str = "FD001"
-    window: int = 30
-    max_rul: int = 125
-    critical_rul: int = 30  # health class 2 when RUL <= this
-    degrading_rul: int = 80  # health class 1 when critical < RUL <= this, else 0
-    val_fraction: float = 0.2  # share of training units held out (whole engines)
-    val_cuts: int = 10  # truncation points per validation unit for the test-like score
-    normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
-    scaling: str = "zscore"  # zscore | minmax (to [-1, 1]), per regime in regime mode
-    window_features: bool = False  # append each window's per-sensor mean and slope as 2 rows
-    test_fraction: float = 0.2  # share of units held out for the test when a dataset has none
-    downsample: int = 10  # N-CMAPSS: keep every n-th 1 Hz row (seconds between kept rows)
-    folds: int = 0  # K >= 2: K-fold cross-validation over whole units; 0/1: one hold-out
-    fold: int = 0  # with folds: the 1-based fold held out for validation; 0: all K folds
-
-    def validate(self) -> None:
-        """Refuse settings that cannot build windows, with one line naming the setting."""
-        problems = [
-            (self.dataset in DATASETS or is_dataset_file(self.dataset),
-             f"data.dataset '{self.dataset}' is not one of {', '.join(DATASETS)}, a dataset "
-             f"YAML (.yaml/.yml) or an N-CMAPSS HDF5 file (.h5/.hdf5)"),
-            (self.window >= 1, f"data.window must be >= 1 (got {self.window})"),
-            (self.max_rul > 0, f"data.max_rul must be > 0 (got {self.max_rul})"),
-            (0 < self.critical_rul < self.degrading_rul,
-             f"health thresholds need 0 < critical_rul < degrading_rul "
-             f"(got {self.critical_rul}, {self.degrading_rul})"),
-            (0 < self.val_fraction < 1,
-             f"data.val_fraction must be in (0, 1) (got {self.val_fraction})"),
-            (self.val_cuts >= 1, f"data.val_cuts must be >= 1 (got {self.val_cuts})"),
-            (self.normalization in NORMALIZATIONS,
-             f"data.normalization must be one of {', '.join(NORMALIZATIONS)}"),
-            (self.scaling in SCALINGS,
-             f"data.scaling must be one of {', '.join(SCALINGS)} (got {self.scaling})"),
-            (not self.window_features or self.window >= 3,
-             f"data.window_features needs data.window >= 3 (got {self.window})"),
-            (0 < self.test_fraction < 1,
-             f"data.test_fraction must be in (0, 1) (got {self.test_fraction})"),
-            (self.downsample >= 1, f"data.downsample must be >= 1 (got {self.downsample})"),
-            (self.folds >= 0, f"data.folds must be >= 0 (got {self.folds})"),
-            (0 <= self.fold <= max(self.folds, 0) and (self.fold == 0 or self.folds >= 2),
-             f"data.fold must be in 0..data.folds with data.folds >= 2 (got fold {self.fold}, "
-             f"folds {self.folds})"),
-        ]  # fmt: skip
-        for ok, message in problems:
-            if not ok:
-                raise GraceError(f"invalid setting: {message}")
-        if self.dataset not in DATASETS and not Path(self.dataset).expanduser().is_file():
-            raise GraceError(f"data.dataset: file not found: {self.dataset}")
-
-
-DATASET_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".h5", ".hdf5")
-
-
-def is_dataset_file(name: str) -> bool:
-    """True when ``name`` names a dataset YAML or an N-CMAPSS HDF5 file (by its suffix)."""
-    return Path(str(name)).suffix.lower() in DATASET_SUFFIXES
-
-
-def dataset_name(name: str) -> str:
-    """``fd001`` -> ``FD001``; any other name (a file path) unchanged."""
-    text = str(name)
-    return text.upper() if text.upper() in DATASETS else text
-
 
 _STD_FLOOR = 1e-8  # a sensor with a smaller spread (constant in a regime) is only centred
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from grace_rul.data.cmapss import COLUMNS, SETTINGS, DataConfig, Split, build_data
+from grace_rul.config import DataConfig
+from grace_rul.data.cmapss import COLUMNS, SETTINGS, Split, build_data
 from grace_rul.data.datasets import dataset_kind, read_dataset
 
 
@@ -122,7 +123,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from grace_rul.config import load_yaml, resolve_config, settings_from_args
+    from grace_rul.config import settings_from_args
+    from grace_rul.io import load_yaml
+    from grace_rul.resolve import resolve_config
 
     yaml_cfg = load_yaml(args.config) if args.config else {}
     cfg = resolve_config(args.preset or "tiny", yaml_cfg, settings_from_args(args))

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS, SUMMARY_ROWS, dataset_name
+from grace_rul.config import dataset_name
+from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS, SUMMARY_ROWS
 from grace_rul.errors import GraceError
 
 HEALTH_CLASSES: tuple[str, ...] = ("healthy", "degrading", "critical")  # health_class 0, 1, 2

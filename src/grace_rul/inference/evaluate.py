@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.config import config_from_dict
 from grace_rul.data import (
     DATASETS,
     DataConfig,
@@ -27,6 +26,7 @@ from grace_rul.inference.conformal import interval_metrics
 from grace_rul.inference.gracemodel import GraceModel
 from grace_rul.inference.loader import load_model
 from grace_rul.metrics import evaluate_predictions
+from grace_rul.resolve import config_from_dict
 
 SUMMARY_KEYS = ("rmse_last", "nasa_score", "mae", "health_accuracy")
 
