@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from grace_rul.config import DataConfig
-from grace_rul.data.cmapss import COLUMNS, SETTINGS, Split, build_data
+from grace_rul.data.cmapss import COLUMNS, SETTINGS
 from grace_rul.data.datasets import dataset_kind, read_dataset
+from grace_rul.data.windows import Split, build_data
 
 
 def describe(cfg: DataConfig, seed: int = 42, data_dir: str | Path | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ dataset YAML (``.yaml``/``.yml``, :mod:`grace_rul.data.tables`) or a path to an 
 HDF5 file (``.h5``/``.hdf5``, :mod:`grace_rul.data.ncmapss`). :func:`read_dataset`
 reads any of them into a :class:`~grace_rul.data.cmapss.RawSubset`;
 :func:`load_dataset` builds its windows with the one contract of
-:func:`~grace_rul.data.cmapss.build_data`. The trainer, evaluation and inference call
+:func:`~grace_rul.data.windows.build_data`. The trainer, evaluation and inference call
 these two and nothing else.
 """
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from grace_rul.config import DATASETS, HDF5_SUFFIXES, DataConfig, dataset_name
-from grace_rul.data.cmapss import CMAPSSData, RawSubset, build_data, read_cmapss
+from grace_rul.data.cmapss import RawSubset, read_cmapss
 from grace_rul.data.ncmapss import read_ncmapss
 from grace_rul.data.tables import dataset_defaults as table_defaults
 from grace_rul.data.tables import read_tables
+from grace_rul.data.windows import CMAPSSData, build_data
 
 
 def dataset_kind(name: str) -> str:

@@ -20,7 +20,7 @@ Paths are relative to the YAML. The tables go through the same contract as C-MAP
 ``test_rul`` value for test units, capped at ``data.max_rul``), health classes, windows
 with front padding, the seeded validation split by whole units and the normaliser
 fitted on training units only, per regime where there are regimes
-(:mod:`grace_rul.data.regimes`: k-means on standardised settings; ``data.normalization
+(:mod:`grace_rul.data.scaling`: k-means on standardised settings; ``data.normalization
 auto`` is per regime when more than one regime is found).
 
 Sensors ``auto``: every numeric column other than unit, time and settings; a column
@@ -62,7 +62,8 @@ import pandas as pd
 
 from grace_rul.bounded import MAX_TABLE_BYTES, PARQUET_MAGIC, read_table_bytes
 from grace_rul.config import DataConfig
-from grace_rul.data.cmapss import TEST_SEED, RawSubset, check_window, split_units
+from grace_rul.data.cmapss import RawSubset
+from grace_rul.data.windows import TEST_SEED, check_window, split_units
 from grace_rul.errors import GraceError, brief
 from grace_rul.io import load_yaml
 

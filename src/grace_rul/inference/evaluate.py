@@ -76,7 +76,7 @@ def score_model(
 def cut_frame(raw: RawSubset, cfg: DataConfig, normalizer: Normalizer) -> pd.DataFrame:
     """Test units that run to failure, as one pseudo-unit per seeded cut.
 
-    The cuts are those of :func:`~grace_rul.data.cmapss.test_windows`; pseudo-unit ``k``
+    The cuts are those of :func:`~grace_rul.data.windows.test_windows`; pseudo-unit ``k``
     holds the last ``window`` rows up to cut ``k``, so its last window is that cut's window.
     """
     labelled = label_frame(raw, raw.test, cfg)

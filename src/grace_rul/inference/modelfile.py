@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from grace_rul.bounded import check_file
-from grace_rul.data.cmapss import Normalizer, window_rows
+from grace_rul.data.scaling import Normalizer
+from grace_rul.data.windows import window_rows
 from grace_rul.errors import GraceError, brief, first_line
 from grace_rul.inference.conformal import Calibration
 from grace_rul.inference.contract import UNSEEN_REGIME_STEPS, UNSEEN_RULE, DataContract
