@@ -97,7 +97,7 @@ def default_out(cfg) -> Path:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from grace_rul.data import dataset_name
+    from grace_rul.config import dataset_name
 
     p = sub.add_parser(
         "evaluate",

@@ -12,8 +12,12 @@ SWEEP_ALIASES = ("epochs", "batch_size", "lr", "precision", "protocol")
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``grace sweep``: train a datasets x balancers x seeds grid and tabulate it."""
-    from grace_rul.config import DATASETS, add_execution_arguments, add_setting_arguments
-    from grace_rul.data import dataset_name
+    from grace_rul.config import (
+        DATASETS,
+        add_execution_arguments,
+        add_setting_arguments,
+        dataset_name,
+    )
     from grace_rul.experiments.executors import EXECUTORS
 
     p = subparsers.add_parser(

@@ -25,8 +25,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from grace_rul.config import Execution, config_keys, merge_overrides
-from grace_rul.data import dataset_name
+from grace_rul.config import Execution, config_keys, dataset_name, merge_overrides
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import make_executor, threads_per_cell
 from grace_rul.experiments.grid import (
