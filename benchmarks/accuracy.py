@@ -19,10 +19,11 @@ import csv
 import statistics
 from pathlib import Path
 
-from grace_rul.config import DEFAULT_PRESET, PRESETS, Execution, resolve_config
+from grace_rul.config import DEFAULT_PRESET, PRESETS, Execution
 from grace_rul.experiments.grid import DONE, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.inference.ensemble import build_ensemble
+from grace_rul.resolve import resolve_config
 from grace_rul.rundir import RunDir
 from readme_tables import replace_section, write_rows
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from grace_rul.backbones import BACKBONES, DEFAULT_ARCH
-from grace_rul.config import resolve_config
 from grace_rul.data import window_rows
 from grace_rul.losses import task_losses
 from grace_rul.model import build_model, count_parameters
+from grace_rul.resolve import resolve_config
 from readme_tables import replace_section
 
 OUT = Path(__file__).parent / "results" / "arch_step_time.csv"

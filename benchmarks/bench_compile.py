@@ -17,9 +17,10 @@ import time
 
 import torch
 
-from grace_rul.config import DEFAULT_PRESET, PRESETS, resolve_config
+from grace_rul.config import DEFAULT_PRESET, PRESETS
 from grace_rul.losses import task_losses
 from grace_rul.model import build_model
+from grace_rul.resolve import resolve_config
 
 
 def median_step_ms(model, opt, x, y, h, max_rul: float, steps: int) -> float:

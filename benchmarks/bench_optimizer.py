@@ -14,8 +14,9 @@ import time
 
 import torch
 
-from grace_rul.config import PRESETS, resolve_config
+from grace_rul.config import PRESETS
 from grace_rul.model import build_model, count_parameters
+from grace_rul.resolve import resolve_config
 
 
 def step_ms(params: list[torch.nn.Parameter], steps: int, **kind) -> float:

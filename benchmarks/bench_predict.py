@@ -27,12 +27,13 @@ import torch
 
 import grace_rul
 from grace_rul.checkpoint import atomic_torch_save
-from grace_rul.config import PRESETS, resolve_config
-from grace_rul.data import bundled_dir, load_cmapss, read_cmapss
+from grace_rul.config import PRESETS
+from grace_rul.data import bundled_dir, load_dataset, read_cmapss
 from grace_rul.inference.ensemble import export_model
 from grace_rul.inference.prediction import predict_file
 from grace_rul.model import build_model
 from grace_rul.model import predict as net_predict
+from grace_rul.resolve import resolve_config
 
 TARGET_S = 0.5
 
@@ -53,7 +54,7 @@ def interleaved_medians(steps: dict, repeats: int) -> dict[str, float]:
 
 def fake_run(cfg, out: Path) -> None:
     """A run directory with an untrained network, written as the trainer writes best.pt."""
-    data = load_cmapss(cfg.data, cfg.seed)
+    data = load_dataset(cfg.data, cfg.seed)
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.model, n_features=len(data.feature_names), max_rul=cfg.data.max_rul)
     atomic_torch_save(

@@ -24,10 +24,11 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from grace_rul.config import Execution, resolve_config
-from grace_rul.data import load_cmapss
+from grace_rul.config import Execution
+from grace_rul.data import load_dataset
 from grace_rul.losses import task_losses
 from grace_rul.model import build_model
+from grace_rul.resolve import resolve_config
 from grace_rul.stabilisers.precision import resolve_precision
 from grace_rul.trainer import train
 
@@ -59,7 +60,7 @@ def grace_epoch(cfg, threads: int) -> tuple[float, int]:
         train(cfg, out, execution=Execution(threads=threads, quiet=True, progress=False))
         with open(f"{out}/history.csv") as f:
             epoch_seconds = float(next(csv.DictReader(f))["seconds"])
-    n = len(load_cmapss(cfg.data, cfg.seed).train)
+    n = len(load_dataset(cfg.data, cfg.seed).train)
     return n / epoch_seconds, -(-n // cfg.train.batch_size)
 
 
@@ -81,7 +82,7 @@ def main() -> None:
             },
         )
         results[name], batches = grace_epoch(cfg, args.threads)
-    data = load_cmapss(cfg.data, cfg.seed)
+    data = load_dataset(cfg.data, cfg.seed)
     results["plain"] = plain_loop(cfg, data, batches)
     resolved = resolve_precision(args.precision, "cpu")
     print(

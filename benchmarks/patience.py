@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from grace_rul.checkpoint import atomic_write_text
+from grace_rul.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "patience.csv"

@@ -7,7 +7,7 @@ import io
 import re
 from pathlib import Path
 
-from grace_rul.checkpoint import atomic_write_text
+from grace_rul.io import atomic_write_text
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

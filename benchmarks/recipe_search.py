@@ -23,7 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from grace_rul.config import Execution, resolve_config
+from grace_rul.config import Execution
+from grace_rul.resolve import resolve_config
 from grace_rul.trainer import train
 from readme_tables import replace_section
 

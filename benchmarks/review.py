@@ -42,12 +42,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from grace_rul.checkpoint import atomic_write_text
-from grace_rul.config import DEFAULT_PRESET, Execution, resolve_config
+from grace_rul.config import DEFAULT_PRESET, Execution
 from grace_rul.experiments.grid import read_grid
 from grace_rul.experiments.significance import Footnotes, compare, power_note
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.experiments.tables import collect_results, row_labels
+from grace_rul.io import atomic_write_text
+from grace_rul.resolve import resolve_config
 from readme_tables import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from grace_rul.config import load_yaml
 from grace_rul.experiments.tune import STUDY_DB, TuneSpec, open_storage, run_tune, write_outputs
+from grace_rul.io import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = ROOT / "benchmarks" / "search" / "space.yaml"

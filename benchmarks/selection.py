@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from grace_rul.config import DEFAULT_PRESET, resolve_config
+from grace_rul.config import DEFAULT_PRESET
+from grace_rul.resolve import resolve_config
 from readme_tables import README, replace_section
 from review import SEEDS, arms_frame, markdown, read_csv, summary_rows, train_arm, write_csv
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from grace_rul.cli import main
-from grace_rul.config import Config, Execution, resolve_config
+from grace_rul.config import Config, Execution
+from grace_rul.resolve import resolve_config
 
 torch.set_num_threads(1)
 

@@ -18,10 +18,10 @@ from grace_rul.balancers.imtl import imtl_weights
 from grace_rul.balancers.mgda import min_norm_weights
 from grace_rul.balancers.nashmtl import nash_alpha
 from grace_rul.balancers.pcgrad import pcgrad_coefficients
-from grace_rul.config import resolve_config
 from grace_rul.errors import GraceError
 from grace_rul.losses import task_losses
 from grace_rul.model import build_model
+from grace_rul.resolve import resolve_config
 
 torch.set_num_threads(1)
 

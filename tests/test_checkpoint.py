@@ -9,15 +9,9 @@ import pickle
 import pytest
 import torch
 
-from grace_rul.checkpoint import (
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    pickle_globals,
-)
+from grace_rul.checkpoint import atomic_torch_save, load_checkpoint, pickle_globals
 from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 torch.set_num_threads(1)
 

@@ -2,15 +2,10 @@
 
 import pytest
 
-from grace_rul.config import (
-    config_from_dict,
-    config_keys,
-    execution_from_args,
-    load_yaml,
-    resolve_config,
-    settings_from_args,
-)
+from grace_rul.config import config_keys, execution_from_args, settings_from_args
 from grace_rul.errors import GraceError
+from grace_rul.io import load_yaml
+from grace_rul.resolve import config_from_dict, resolve_config
 
 
 def test_paper_preset_holds_spec_defaults():
@@ -138,21 +133,21 @@ def test_execution_is_not_part_of_the_config():
     assert (exe.threads, exe.device, exe.data_dir, exe.quiet) == (3, "cpu", "/d", True)
     keys = config_keys()
     assert not {"train.threads", "train.device", "data.data_dir"} & set(keys)
-    # 0.1.0 run directories saved them: still readable
-    old = resolve_config("tiny").to_dict()
-    old["train"] |= {"threads": 2, "device": "auto"}
-    old["data"]["data_dir"] = None
-    assert config_from_dict(old) == resolve_config("tiny")
 
 
-def test_data_settings_live_with_the_data_contract():
-    import grace_rul.data.cmapss as cmapss
+def test_config_is_a_leaf_and_each_section_validates_itself():
+    import ast
 
-    assert cmapss.DataConfig is resolve_config("tiny").data.__class__
-    source = open(cmapss.__file__).read()
-    assert "grace_rul.config" not in source  # no import circle
+    import grace_rul.config as config
+
+    assert config.DataConfig is resolve_config("tiny").data.__class__
+    tree = ast.parse(open(config.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert {m for m in imported if m and m.startswith("grace_rul")} <= {"grace_rul.errors"}
     with pytest.raises(GraceError, match="data.val_cuts"):
-        cmapss.DataConfig(val_cuts=0).validate()
+        config.DataConfig(val_cuts=0).validate()
+    with pytest.raises(GraceError, match="train.epochs"):
+        config.TrainConfig(epochs=0).validate()
 
 
 def test_output_piped_into_a_reader_that_stops_is_no_traceback():

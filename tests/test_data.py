@@ -21,7 +21,7 @@ from grace_rul.data import (
     bundled_dir,
     clear_cache,
     health_class,
-    load_cmapss,
+    load_dataset,
     make_windows,
     read_cmapss,
     regime_keys,
@@ -209,12 +209,12 @@ def test_normalizer_round_trip_and_unseen_regime(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def fd001():
-    return load_cmapss(DataConfig(dataset="FD001"), seed=42)
+    return load_dataset(DataConfig(dataset="FD001"), seed=42)
 
 
 @pytest.fixture(scope="module")
 def fd002():
-    return load_cmapss(DataConfig(dataset="FD002"), seed=42)
+    return load_dataset(DataConfig(dataset="FD002"), seed=42)
 
 
 @pytest.mark.parametrize(
@@ -250,7 +250,7 @@ def test_real_sha256_constants_match_bundled_files() -> None:
 
 @pytest.mark.parametrize("dataset, n_test", [("FD002", 259), ("FD004", 248)])
 def test_real_short_test_units_are_padded_not_dropped(dataset, n_test, fd002) -> None:
-    data = fd002 if dataset == "FD002" else load_cmapss(DataConfig(dataset=dataset), seed=42)
+    data = fd002 if dataset == "FD002" else load_dataset(DataConfig(dataset=dataset), seed=42)
     raw = read_cmapss(dataset)
     lengths = raw.test.groupby("unit").size()
     short = lengths[lengths < 30]
@@ -285,8 +285,8 @@ def test_real_split_is_by_whole_unit_and_seeded(fd001) -> None:
     assert not train & val and train | val == set(range(1, 101)) and len(val) == 20
     assert set(fd001.train.unit.tolist()) == train
     assert set(fd001.val.unit.tolist()) == val
-    again = load_cmapss(DataConfig(dataset="FD001"), seed=42)
-    other = load_cmapss(DataConfig(dataset="FD001"), seed=123)
+    again = load_dataset(DataConfig(dataset="FD001"), seed=42)
+    other = load_dataset(DataConfig(dataset="FD001"), seed=123)
     assert again.val_units == fd001.val_units
     assert torch.equal(again.train.x, fd001.train.x)
     assert other.val_units != fd001.val_units
@@ -326,7 +326,7 @@ def test_real_window_longer_than_every_unit() -> None:
         match=r"data\.window=400 is longer than every training unit of FD001 "
         r"\(longest: 362 cycles\)",
     ):
-        load_cmapss(DataConfig(dataset="FD001", window=400), seed=0)
+        load_dataset(DataConfig(dataset="FD001", window=400), seed=0)
 
 
 def test_cache_returns_independent_copies() -> None:

@@ -13,19 +13,18 @@ import torch
 import yaml
 
 from conftest import QUIET
-from grace_rul.config import resolve_config
 from grace_rul.data import (
     SENSORS,
     SETTINGS,
     DataConfig,
     Normalizer,
-    load_cmapss,
     load_dataset,
     read_cmapss,
     regime_keys,
 )
-from grace_rul.data.regimes import kmeans_regimes
+from grace_rul.data.scaling import kmeans_regimes
 from grace_rul.errors import GraceError
+from grace_rul.resolve import resolve_config
 
 # Other names for every C-MAPSS column: the tables must not rely on GRACE's names.
 RENAME = {"unit": "engine_id", "cycle": "t", **{s: f"op_{i}" for i, s in enumerate(SETTINGS)}}
@@ -84,7 +83,7 @@ def assert_same_data(a, b) -> None:
 def test_tables_give_exactly_the_cmapss_windows_labels_and_normaliser(dataset, fmt, tmp_path):
     path = write_fleet(dataset, tmp_path, fmt)
     ours = load_dataset(DataConfig(dataset=str(path)), seed=7)
-    theirs = load_cmapss(DataConfig(dataset=dataset), seed=7)
+    theirs = load_dataset(DataConfig(dataset=dataset), seed=7)
     assert_same_data(ours, theirs)
     assert ours.normalizer.n_regimes == (6 if dataset == "FD002" else 1)
     assert ours.feature_names == tuple(RENAME[s] for s in SENSORS)
@@ -105,7 +104,7 @@ def test_text_unit_ids_give_the_same_data_and_are_matched_in_test_rul(tmp_path, 
     rul = pd.read_csv(tables / "rul.csv")
     rul.iloc[::-1].to_csv(tables / "rul.csv", index=False)  # matched by id, not by row order
     ours = load_dataset(DataConfig(dataset=str(path)), seed=7)
-    assert_same_data(ours, load_cmapss(DataConfig(dataset="FD001"), seed=7))
+    assert_same_data(ours, load_dataset(DataConfig(dataset="FD001"), seed=7))
     r = cli("data", "describe", "--dataset", path, "--json")
     notes = json.loads(r.out)["notes"]
     assert "ESN-001 = 1, ESN-100 = 100" in notes["train_unit_ids"], notes

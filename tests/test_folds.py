@@ -18,11 +18,11 @@ import torch
 import grace_rul
 from conftest import QUIET, SHORT
 from grace_rul.cli import main
-from grace_rul.config import resolve_config
 from grace_rul.data import bundled_dir, fold_units, load_dataset, read_dataset
 from grace_rul.errors import GraceError
 from grace_rul.folds import cv_score
 from grace_rul.inference.conformal import Calibration
+from grace_rul.resolve import resolve_config
 from grace_rul.trainer import train
 
 torch.set_num_threads(1)

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from conftest import QUIET, SHORT
-from grace_rul.config import resolve_config
-from grace_rul.data import Normalizer, bundled_dir, load_cmapss, read_cmapss, window_summary
-from grace_rul.data.cmapss import add_labels, make_windows
+from grace_rul.data import Normalizer, bundled_dir, load_dataset, read_cmapss, window_summary
+from grace_rul.data.windows import add_labels, make_windows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split
 from grace_rul.model import build_model
+from grace_rul.resolve import resolve_config
 from grace_rul.trainer import train
 from resumable import assert_resumes_identically, train_copying
 
@@ -83,7 +83,7 @@ def featured(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_minmax_is_fitted_on_training_units_only_per_regime():
     cfg = tiny(1, data={"scaling": "minmax"}).data
-    data = load_cmapss(cfg, seed=42)
+    data = load_dataset(cfg, seed=42)
     norm = data.normalizer
     assert norm.scaling == "minmax" and norm.mode == "global"
     raw = read_cmapss("FD001").train
@@ -155,7 +155,7 @@ def test_window_features_and_minmax_resume_bit_identically(featured):
 
 
 def n_batches(cfg) -> int:
-    return -(-len(load_cmapss(cfg.data, cfg.seed).train) // cfg.train.batch_size)
+    return -(-len(load_dataset(cfg.data, cfg.seed).train) // cfg.train.batch_size)
 
 
 def test_cosine_schedule_follows_its_formula_and_resumes(tmp_path):
@@ -223,7 +223,7 @@ def test_swa_weights_are_the_average_of_its_snapshots_and_are_evaluated(tmp_path
         torch.testing.assert_close(swa[f"module.{name}"], mean, rtol=1e-6, atol=1e-7)
     assert torch.equal(last["components"]["model"]["fc.0.weight"], snapshots[1]["fc.0.weight"])
     # The last epoch's validation score is the SWA average's, not the EMA's.
-    data = load_cmapss(cfg.data, cfg.seed)
+    data = load_dataset(cfg.data, cfg.seed)
     net = build_model(cfg.model, window=cfg.data.window)
     net.load_state_dict({k.removeprefix("module."): v for k, v in swa.items()
                          if k != "n_averaged"})  # fmt: skip

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from grace_rul.config import resolve_config
 from grace_rul.model import build_model, count_parameters, predict
+from grace_rul.resolve import resolve_config
 
 
 def test_paper_preset_parameter_counts_and_layer_setting():

@@ -12,8 +12,7 @@ import torch
 
 import grace_rul
 import grace_rul.inference.modelfile as modelfile
-from grace_rul.config import resolve_config
-from grace_rul.data import SENSORS, Normalizer, cmapss, read_cmapss
+from grace_rul.data import SENSORS, Normalizer, read_cmapss, windows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split
 from grace_rul.inference.conformal import Calibration, check_coverage, interval_metrics
@@ -22,6 +21,7 @@ from grace_rul.inference.gracemodel import GraceModel, Member
 from grace_rul.inference.inputs import clean_frame, read_input
 from grace_rul.inference.modelfile import read_model_dir, save_model
 from grace_rul.model import build_model
+from grace_rul.resolve import resolve_config
 
 torch.set_num_threads(1)
 
@@ -68,7 +68,7 @@ def test_a_regime_model_on_fd002_predicts_like_evaluation_and_flags_short_units(
     member = model.members[0]
     cfg = resolve_config("tiny", overrides={"data": {"dataset": "FD002"}})
     _, expected, _ = score_split(
-        member.net, cmapss.test_windows(read_cmapss("FD002"), member.normalizer, cfg.data)
+        member.net, windows.test_windows(read_cmapss("FD002"), member.normalizer, cfg.data)
     )
     raw = read_cmapss("FD002").test
     table = grace_rul.predict(model, raw)

@@ -18,12 +18,12 @@ import grace_rul
 from conftest import QUIET
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.cli import main
-from grace_rul.config import resolve_config
-from grace_rul.data import Normalizer, bundled_dir, cmapss, load_cmapss, read_cmapss
+from grace_rul.data import Normalizer, bundled_dir, load_dataset, read_cmapss, windows
 from grace_rul.evaluation import load_inference_model, score_split
 from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.inference.prediction import OUTPUT_COLUMNS, predict_file
 from grace_rul.model import predict as net_predict
+from grace_rul.resolve import resolve_config
 from grace_rul.trainer import train
 
 torch.set_num_threads(1)
@@ -64,11 +64,11 @@ def ensemble(run, second_run, tmp_path_factory) -> Path:
 
 def evaluate_path_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """RUL and health of the test units as training scored them: the checkpoint's inference
-    network on the data contract's test windows (``cmapss.test_windows``)."""
+    network on the data contract's test windows (``windows.test_windows``)."""
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     model, cfg = load_inference_model(ckpt)
     normalizer = Normalizer.from_dict(ckpt["normalizer"])
-    split = cmapss.test_windows(read_cmapss("FD001"), normalizer, cfg.data)
+    split = windows.test_windows(read_cmapss("FD001"), normalizer, cfg.data)
     _, rul, health = score_split(model, split)
     return rul, health
 
@@ -358,7 +358,7 @@ def test_interval_coverage_on_fd001_test_is_near_nominal(run, exported):
     # The trainer's function (metrics.json "intervals") gives the same numbers.
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     net, cfg = load_inference_model(ckpt)
-    assert run_interval_metrics(net, load_cmapss(cfg.data, cfg.seed), cfg.seed) == stored
+    assert run_interval_metrics(net, load_dataset(cfg.data, cfg.seed), cfg.seed) == stored
     narrow = predict_file(grace_rul.load_model(exported), TEST_FD001, coverage=0.5)
     wide = predict_file(grace_rul.load_model(exported), TEST_FD001, coverage=0.95)
     assert ((wide.rul_upper - wide.rul_lower) > (narrow.rul_upper - narrow.rul_lower)).all()

@@ -20,13 +20,13 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from grace_rul.bounded import load_yaml_text
-from grace_rul.config import resolve_config
 from grace_rul.data import SENSORS, SETTINGS
 from grace_rul.errors import GraceError
 from grace_rul.inference.inputs import clean_frame, read_input
 from grace_rul.inference.modelfile import read_model_dir, save_model
 from grace_rul.inference.prediction import format_predictions, predict
+from grace_rul.io import load_yaml_text
+from grace_rul.resolve import resolve_config
 from test_modelfile import untrained_model
 
 torch.set_num_threads(1)

@@ -48,7 +48,7 @@ def one_error(result) -> str:
 def one_epoch(tmp_path_factory) -> Path:
     """A finished one-epoch run (seed 42); copy it before changing it."""
     from conftest import QUIET
-    from grace_rul.config import resolve_config
+    from grace_rul.resolve import resolve_config
     from grace_rul.trainer import train
 
     out = tmp_path_factory.mktemp("runs") / "s42"

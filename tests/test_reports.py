@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from conftest import QUIET
-from grace_rul.config import resolve_config
 from grace_rul.errors import GraceError
 from grace_rul.experiments.tables import format_stat, results_frame, summarise
 from grace_rul.reports import figures as F
 from grace_rul.reports import write_report
 from grace_rul.reports.commands import add_report_parser
 from grace_rul.reports.loading import load_run
+from grace_rul.resolve import resolve_config
 from grace_rul.trainer import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

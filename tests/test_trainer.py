@@ -20,11 +20,12 @@ from torch.overrides import TorchFunctionMode
 from conftest import QUIET, SHORT, tiny_config
 from grace_rul import trainer
 from grace_rul.balancers import BALANCERS, balance_backward
-from grace_rul.config import DEFAULT_PRESET, resolve_config
-from grace_rul.data import load_cmapss
+from grace_rul.config import DEFAULT_PRESET
+from grace_rul.data import load_dataset
 from grace_rul.errors import GraceError
 from grace_rul.losses import task_losses
 from grace_rul.model import build_model
+from grace_rul.resolve import resolve_config
 from grace_rul.stabilisers import GradClipper, ModelEma, seed_everything
 from grace_rul.trainer import RUL_BIAS_WINDOWS, bias_windows, train, weight_decay_factor
 
@@ -46,7 +47,7 @@ def components(path: Path) -> dict:
 
 def initial_weights(cfg) -> dict[str, torch.Tensor]:
     seed_everything(cfg.seed)
-    data = load_cmapss(cfg.data, cfg.seed)
+    data = load_dataset(cfg.data, cfg.seed)
     model = build_model(cfg.model, max_rul=cfg.data.max_rul)
     model.init_rul_bias(bias_windows(data.train.x), float(data.train.rul.mean()))
     return model.state_dict()
@@ -242,7 +243,7 @@ def test_clipping_sees_the_model_parameters_only(tmp_path, monkeypatch):
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_rul_head_starts_at_the_mean_training_target(preset):
     cfg = resolve_config(preset)
-    data = load_cmapss(cfg.data, cfg.seed)
+    data = load_dataset(cfg.data, cfg.seed)
     mean = float(data.train.rul.mean())
     model = build_model(cfg.model, max_rul=cfg.data.max_rul)
     x = bias_windows(data.train.x)

@@ -149,7 +149,7 @@ def test_a_trial_builds_no_test_split(monkeypatch, tmp_path):
     def no_test(*args, **kwargs):
         raise AssertionError("a tuning trial built the test split")
 
-    monkeypatch.setattr("grace_rul.data.cmapss.test_windows", no_test)
+    monkeypatch.setattr("grace_rul.data.windows.test_windows", no_test)
     out = tmp_path / "notest"
     code = main(["tune", *BASE, "--epochs", "1", "--space", str(_space(tmp_path)),
                  "--trials", "1", "--out", str(out)])  # fmt: skip

@@ -1,13 +1,8 @@
-"""Readers bounded before they allocate: YAML documents and table files.
+"""Readers bounded before they allocate: table files (YAML: :mod:`grace_rul.io`).
 
 A small file must not exhaust memory or CPU, so every limit is checked before the work
 it guards (docs/reliability.md states them):
 
-* YAML (``--config``, dataset YAMLs, a run's ``config.yaml``, ``sweep.yaml``): at most
-  :data:`MAX_YAML_BYTES` bytes and :data:`MAX_YAML_NODES` nodes *after* expanding
-  aliases, counted on the composed node graph (each shared node is counted once per use
-  without being expanded, so a "billion laughs" document is refused in microseconds);
-  recursive aliases and nesting too deep for the parser are refused too.
 * Table files (``grace predict`` input, fleet tables): at most a given number of bytes
   on disk and after gzip decompression (streamed, stopped at the limit), Parquet at most
   as many uncompressed bytes by its own metadata, and text with a NUL byte in its first
@@ -23,82 +18,13 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from grace_rul.errors import GraceError, first_line
 
-MAX_YAML_BYTES = 2**20  # 1 MiB: a config or dataset YAML is a few hundred bytes
-MAX_YAML_NODES = 100_000  # scalars + collections after alias expansion
 MAX_INPUT_BYTES = 128 * 2**20  # grace predict input, on disk and decompressed
 MAX_TABLE_BYTES = 2**30  # fleet training tables, on disk and decompressed
 BINARY_PROBE = 8192
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a document expanding beyond ``MAX_YAML_NODES``."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        _count_nodes(node)
-        return super().construct_document(node)
-
-
-def _count_nodes(root: yaml.Node) -> int:
-    """Nodes of the document with aliases expanded, computed without expanding them."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            raise yaml.YAMLError("a recursive alias (a node that contains itself)")
-        active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        else:
-            children = []
-        for child in children:
-            total += size(child)
-            if total > MAX_YAML_NODES:
-                raise yaml.YAMLError(
-                    f"more than {MAX_YAML_NODES} values once its aliases are expanded"
-                )
-        active.discard(key)
-        sizes[key] = total
-        return total
-
-    return size(root)
-
-
-def load_yaml_text(text: str, where: str) -> Any:
-    """Parse one YAML document safely (no tags that build objects) and within the limits;
-    ``where`` names it in the one-line error."""
-    if len(text) > MAX_YAML_BYTES:
-        raise GraceError(f"{where} is larger than {MAX_YAML_BYTES} bytes; refusing to parse it")
-    try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise GraceError(f"{where} is not valid YAML: {first_line(exc)}") from None
-    except RecursionError:
-        raise GraceError(f"{where} is not valid YAML: nested too deeply") from None
-
-
-def read_yaml_file(path: str | Path, where: str | None = None) -> Any:
-    """:func:`load_yaml_text` of a file (size checked before reading; UTF-8)."""
-    p = Path(path)
-    where = where or str(p)
-    check_file(p, MAX_YAML_BYTES, where)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise GraceError(f"{where} is not UTF-8 text") from None
-    return load_yaml_text(text, where)
 
 
 def check_file(path: Path, limit: int, where: str, missing: str | None = None) -> int:

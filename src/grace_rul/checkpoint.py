@@ -1,88 +1,23 @@
-"""Atomic file writes and checkpoint loading.
-
-Every write goes to a temporary file in the target's directory, is flushed and fsync'ed, then
-``os.replace``d over the target: a crash or error leaves either the old file or the new one,
-never a half-written one, and no temporary file behind.
-"""
+"""Checkpoints: saving one atomically and loading it without running its code."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import pickletools
-import uuid
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from grace_rul.errors import GraceError, WriteError, first_line
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 lets the umask decide the final permissions, like a plain open().
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(tmp, flags, 0o666)
-    except OSError as exc:
-        raise WriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
-            # disk full, quota, read-only: one line naming the file; nothing half-written
-            raise WriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
-        if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
-            # torch.save reports a failed write (ENOSPC) as a RuntimeError of its zip writer
-            raise WriteError(None, first_line(exc), str(path)) from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path."""
-    return _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically; returns the path."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically; returns the path."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj, path)``, atomically; returns the path."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # Globals a weights-only checkpoint legitimately references (tensor rebuilds, OrderedDict).

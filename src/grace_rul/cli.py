@@ -51,7 +51,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from grace_rul.config import execution_from_args, load_yaml, resolve_config, settings_from_args
+    from grace_rul.config import execution_from_args, settings_from_args
+    from grace_rul.io import load_yaml
+    from grace_rul.resolve import resolve_config
     from grace_rul.trainer import train
 
     if args.folds is not None and args.folds.strip() in ("0", "1"):
@@ -95,7 +97,7 @@ def default_out(cfg) -> Path:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from grace_rul.data import dataset_name
+    from grace_rul.config import dataset_name
 
     p = sub.add_parser(
         "evaluate",

@@ -8,6 +8,11 @@ coerced to the type of the default, so ``--set train.lr=5e-4`` is a float and an
 key is refused with the nearest known names. A key added to a dataclass below is a setting
 of ``grace train`` and ``grace sweep`` without touching the CLI.
 
+This module is a leaf: plain settings, their plain checks (each section's ``validate``)
+and the constants they are checked against, importing nothing of the implementation.
+:func:`grace_rul.resolve.resolve_config` builds a checked :class:`Config` from the layers
+(it needs the dataset readers and the architecture and balancer registries).
+
 :class:`Config` is what a run *is*: it is written to every run directory as
 ``config.yaml``, stored in every checkpoint and compared on resume. :class:`Execution`
 is how it runs (device, threads, data directory, progress output): never saved, free to
@@ -26,14 +31,7 @@ from typing import Any
 
 import yaml
 
-from grace_rul.balancers.engine import GRAD_SOURCES
-from grace_rul.balancers.grace import GRACE_WEIGHT_DECAY_SCHEDULE
-from grace_rul.bounded import read_yaml_file
-from grace_rul.data.cmapss import DATASETS, DataConfig, dataset_name, is_dataset_file
 from grace_rul.errors import GraceError, brief
-from grace_rul.metrics import PROTOCOL_LABELS, PROTOCOLS, SELECTIONS
-from grace_rul.stabilisers.clipping import MODES as CLIP_MODES
-from grace_rul.stabilisers.precision import MODES as PRECISIONS
 
 __all__ = [
     "DATASETS",
@@ -45,17 +43,104 @@ __all__ = [
     "Execution",
     "ModelConfig",
     "TrainConfig",
-    "config_from_dict",
-    "load_yaml",
-    "resolve_config",
 ]
+DATASETS: tuple[str, ...] = ("FD001", "FD002", "FD003", "FD004")  # the C-MAPSS subsets
+HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")  # an N-CMAPSS file
+DATASET_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", *HDF5_SUFFIXES)  # a dataset file
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("plateau", "cosine", "onecycle")  # train.schedule
+CLIP_MODES = ("norm", "value")  # train.clip_mode (grace_rul.stabilisers.clipping)
+PRECISIONS = ("auto", "32", "bf16", "16")  # train.precision (grace_rul.stabilisers.precision)
+GRAD_SOURCES = ("params", "representation")  # balancer.grad_source (grace_rul.balancers.engine)
+# train.protocol: which split selects the checkpoint (grace_rul.metrics)
+PROTOCOLS = ("val", "paper")
+PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
+# train.select: the validation score used for selection: "last" windows of truncated
+# validation units (built like the test set) or "all" windows of the validation units.
+SELECTIONS = ("last", "all")
 SECTIONS = ("data", "model", "train", "balancer")  # the mapping-valued top-level keys
 # Network size limits (validate): far above every preset, far below what exhausts memory.
 MAX_LAYERS = 16
 MAX_WIDTH = 4096
 MAX_KERNEL = 99
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise GraceError(f"invalid setting: {msg}")
+
+
+NORMALIZATIONS: tuple[str, ...] = ("auto", "global", "regime")
+SCALINGS: tuple[str, ...] = ("zscore", "minmax")
+
+
+@dataclass
+class DataConfig:
+    """The data contract's settings: subset, windows, label caps, split and scaling.
+
+    Plain values only; :meth:`validate` is the one place they are checked. The
+    meaning of each is in :mod:`grace_rul.data.cmapss`'s docstring.
+    """
+
+    dataset: str = "FD001"
+    window: int = 30
+    max_rul: int = 125
+    critical_rul: int = 30  # health class 2 when RUL <= this
+    degrading_rul: int = 80  # health class 1 when critical < RUL <= this, else 0
+    val_fraction: float = 0.2  # share of training units held out (whole engines)
+    val_cuts: int = 10  # truncation points per validation unit for the test-like score
+    normalization: str = "auto"  # auto | global | regime ("auto": regime for FD002/FD004)
+    scaling: str = "zscore"  # zscore | minmax (to [-1, 1]), per regime in regime mode
+    window_features: bool = False  # append each window's per-sensor mean and slope as 2 rows
+    test_fraction: float = 0.2  # share of units held out for the test when a dataset has none
+    downsample: int = 10  # N-CMAPSS: keep every n-th 1 Hz row (seconds between kept rows)
+    folds: int = 0  # K >= 2: K-fold cross-validation over whole units; 0/1: one hold-out
+    fold: int = 0  # with folds: the 1-based fold held out for validation; 0: all K folds
+
+    def validate(self) -> None:
+        """Refuse settings that cannot build windows, with one line naming the setting."""
+        problems = [
+            (self.dataset in DATASETS or is_dataset_file(self.dataset),
+             f"data.dataset '{self.dataset}' is not one of {', '.join(DATASETS)}, a dataset "
+             f"YAML (.yaml/.yml) or an N-CMAPSS HDF5 file (.h5/.hdf5)"),
+            (self.window >= 1, f"data.window must be >= 1 (got {self.window})"),
+            (self.max_rul > 0, f"data.max_rul must be > 0 (got {self.max_rul})"),
+            (0 < self.critical_rul < self.degrading_rul,
+             f"health thresholds need 0 < critical_rul < degrading_rul "
+             f"(got {self.critical_rul}, {self.degrading_rul})"),
+            (0 < self.val_fraction < 1,
+             f"data.val_fraction must be in (0, 1) (got {self.val_fraction})"),
+            (self.val_cuts >= 1, f"data.val_cuts must be >= 1 (got {self.val_cuts})"),
+            (self.normalization in NORMALIZATIONS,
+             f"data.normalization must be one of {', '.join(NORMALIZATIONS)}"),
+            (self.scaling in SCALINGS,
+             f"data.scaling must be one of {', '.join(SCALINGS)} (got {self.scaling})"),
+            (not self.window_features or self.window >= 3,
+             f"data.window_features needs data.window >= 3 (got {self.window})"),
+            (0 < self.test_fraction < 1,
+             f"data.test_fraction must be in (0, 1) (got {self.test_fraction})"),
+            (self.downsample >= 1, f"data.downsample must be >= 1 (got {self.downsample})"),
+            (self.folds >= 0, f"data.folds must be >= 0 (got {self.folds})"),
+            (0 <= self.fold <= max(self.folds, 0) and (self.fold == 0 or self.folds >= 2),
+             f"data.fold must be in 0..data.folds with data.folds >= 2 (got fold {self.fold}, "
+             f"folds {self.folds})"),
+        ]  # fmt: skip
+        for ok, message in problems:
+            if not ok:
+                raise GraceError(f"invalid setting: {message}")
+        if self.dataset not in DATASETS and not Path(self.dataset).expanduser().is_file():
+            raise GraceError(f"data.dataset: file not found: {self.dataset}")
+
+
+def is_dataset_file(name: str) -> bool:
+    """True when ``name`` names a dataset YAML or an N-CMAPSS HDF5 file (by its suffix)."""
+    return Path(str(name)).suffix.lower() in DATASET_SUFFIXES
+
+
+def dataset_name(name: str) -> str:
+    """``fd001`` -> ``FD001``; any other name (a file path) unchanged."""
+    text = str(name)
+    return text.upper() if text.upper() in DATASETS else text
 
 
 @dataclass
@@ -82,6 +167,47 @@ class ModelConfig:
     depth: int = 2  # encoder layers
     ff: int = 128  # feed-forward width of an encoder layer
     positions: str = "learned"  # learned | sinusoidal
+
+    def validate(self) -> None:
+        """Refuse a network that cannot be built, with one line naming the setting.
+
+        Plain bounds only; the architecture's own checks (its name, pooling, sizes) run
+        in :func:`grace_rul.resolve.check_config`.
+        """
+        m = self
+        _need(
+            len(m.conv_channels) >= 1 and all(c > 0 for c in m.conv_channels),
+            "model.conv_channels must be positive",
+        )
+        _need(
+            m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size must be odd and >= 1"
+        )
+        _need(
+            m.lstm_hidden > 0 and m.lstm_layers >= 1,
+            "model.lstm_hidden and model.lstm_layers must be >= 1",
+        )
+        _need(m.attn_heads >= 1, f"model.attn_heads must be >= 1 (got {m.attn_heads})")
+        _need(
+            m.d_model >= 1 and m.depth >= 1 and m.ff >= 1,
+            "model.d_model, model.depth and model.ff must be >= 1",
+        )
+        _need(all(h > 0 for h in m.fc), "model.fc sizes must be positive")
+        # Upper bounds, so that a config (or a shared model file) cannot ask for a network
+        # that allocates for minutes before failing; far above any preset.
+        _need(
+            len(m.conv_channels) <= MAX_LAYERS and len(m.fc) <= MAX_LAYERS,
+            f"model.conv_channels and model.fc have at most {MAX_LAYERS} layers",
+        )
+        _need(
+            max(m.conv_channels) <= MAX_WIDTH and max(m.fc, default=0) <= MAX_WIDTH,
+            f"model.conv_channels and model.fc sizes must be <= {MAX_WIDTH}",
+        )
+        _need(m.kernel_size <= MAX_KERNEL, f"model.kernel_size must be <= {MAX_KERNEL}")
+        _need(
+            m.lstm_hidden <= MAX_WIDTH and m.lstm_layers <= MAX_LAYERS,
+            f"model.lstm_hidden must be <= {MAX_WIDTH} and model.lstm_layers <= {MAX_LAYERS}",
+        )
+        _need(0 <= m.dropout < 1, f"model.dropout must be in [0, 1) (got {m.dropout})")
 
 
 @dataclass
@@ -113,6 +239,49 @@ class TrainConfig:
     protocol: str = "val"  # val: select on validation units | paper: select on test (optimistic)
     select: str = "last"  # last: truncated validation units, last window | all: every window
 
+    def validate(self) -> None:
+        """Refuse settings that cannot train, with one line naming the setting."""
+        t = self
+        _need(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
+        _need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
+        _need(math.isfinite(t.lr) and t.lr > 0, f"train.lr must be > 0 (got {t.lr})")
+        _need(t.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {t.weight_decay})")
+        _need(
+            all(
+                isinstance(x, (list, tuple)) and len(x) == 2 and x[0] >= 0 and x[1] >= 0
+                for x in t.weight_decay_schedule
+            ),
+            "train.weight_decay_schedule must be a list of [epoch, factor] pairs, both >= 0",
+        )
+        _need(
+            len(t.betas) == 2 and all(0 <= x < 1 for x in t.betas),
+            "train.betas must be two values in [0, 1)",
+        )
+        _need(
+            t.schedule in SCHEDULES,
+            f"train.schedule must be one of {', '.join(SCHEDULES)} (got {t.schedule})",
+        )
+        _need(t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0")
+        _need(t.swa_start >= 0, f"train.swa_start must be >= 0, 0 = off (got {t.swa_start})")
+        _need(0 < t.plateau_factor < 1, "train.plateau_factor must be in (0, 1)")
+        _need(
+            t.plateau_patience >= 0 and t.early_stop_patience >= 1,
+            "patience values must be >= 0 / >= 1",
+        )
+        _need(0 <= t.min_lr <= t.lr, "train.min_lr must be in [0, lr]")
+        _need(t.clip >= 0, f"train.clip must be >= 0, 0 = no clipping (got {t.clip})")
+        _need(
+            t.clip_mode in CLIP_MODES,
+            f"train.clip_mode must be one of {', '.join(CLIP_MODES)} (got {t.clip_mode})",
+        )
+        _need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {t.ema_decay})")
+        _need(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}")
+        _need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+        _need(t.spike_factor > 1, "train.spike_factor must be > 1")
+        _need(t.grad_stats_every >= 1, "train.grad_stats_every must be >= 1")
+        _need(t.protocol in PROTOCOLS, f"train.protocol must be one of {', '.join(PROTOCOLS)}")
+        _need(t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}")
+
 
 @dataclass
 class BalancerConfig:
@@ -121,6 +290,14 @@ class BalancerConfig:
     name: str = "gaba"
     grad_source: str = "params"  # params: shared parameters | representation (approximation)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Refuse an unknown gradient source (the name and options are checked against
+        the balancer registry by :func:`grace_rul.resolve.check_config`)."""
+        _need(
+            self.grad_source in GRAD_SOURCES,
+            f"balancer.grad_source must be one of {', '.join(GRAD_SOURCES)}",
+        )
 
 
 @dataclass
@@ -136,6 +313,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Every section's own ``validate``, data first."""
+        for section in (self.data, self.model, self.train, self.balancer):
+            section.validate()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -221,7 +403,7 @@ def config_keys(cfg: Any | None = None, where: str = "") -> list[str]:
     return keys
 
 
-def _merge(target: Any, updates: dict[str, Any], where: str) -> None:
+def merge_into(target: Any, updates: dict[str, Any], where: str) -> None:
     """Apply nested ``updates`` onto dataclass ``target`` in place, refusing unknown keys.
 
     ``None`` values are skipped, so unset command-line flags never clobber the YAML.
@@ -241,7 +423,7 @@ def _merge(target: Any, updates: dict[str, Any], where: str) -> None:
             continue
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, name)
+            merge_into(current, value, name)
         elif isinstance(current, dict):
             if not isinstance(value, dict):
                 raise GraceError(f"config: '{name}' must be a mapping")
@@ -285,17 +467,6 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
     return value
 
 
-def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """Read a YAML file (``what`` names it in errors) into a nested dict (one-line errors)."""
-    p = Path(path)
-    if not p.is_file():
-        raise GraceError(f"{what} not found: {p}")
-    data = read_yaml_file(p, f"{what} {p}") or {}  # bounded: an alias bomb is refused
-    if not isinstance(data, dict):
-        raise GraceError(f"{what} {p} must hold a mapping at the top level")
-    return data
-
-
 def merge_overrides(*layers: dict[str, Any] | None) -> dict[str, Any]:
     """Deep-merge nested override dicts, later layers winning; ``None`` values are dropped."""
     out: dict[str, Any] = {}
@@ -312,152 +483,6 @@ def merge_overrides(*layers: dict[str, Any] | None) -> dict[str, Any]:
             elif value is not None:
                 out[key] = value
     return out
-
-
-def resolve_config(
-    preset: str | None = None,
-    yaml_overrides: dict[str, Any] | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> Config:
-    """Build a validated :class:`Config`: defaults < preset < YAML < overrides.
-
-    Both override layers are nested dicts like ``{"train": {"epochs": 3}}``. The
-    ``grace`` balancer brings GRACE's adaptive weight-decay schedule unless the
-    configuration sets ``train.weight_decay_schedule`` itself.
-    """
-    layers = merge_overrides(yaml_overrides, overrides)
-    name = preset or layers.pop("preset", None) or DEFAULT_PRESET
-    layers.pop("preset", None)
-    if name not in PRESETS:
-        raise GraceError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})")
-    cfg = Config(preset=name)
-    _merge(cfg, PRESETS[name], "")
-    _merge(cfg, layers, "")
-    cfg.data.dataset = dataset_name(cfg.data.dataset)
-    if is_dataset_file(cfg.data.dataset):  # absolute: runs are evaluated from anywhere
-        cfg.data.dataset = str(Path(cfg.data.dataset).expanduser().absolute())
-    _dataset_defaults(cfg, layers.get("data") or {})
-    if cfg.balancer.name == "grace" and not cfg.train.weight_decay_schedule:
-        cfg.train.weight_decay_schedule = [list(m) for m in GRACE_WEIGHT_DECAY_SCHEDULE]
-    validate(cfg)
-    return cfg
-
-
-def _dataset_defaults(cfg: Config, explicit: dict[str, Any]) -> None:
-    """A dataset YAML's ``window`` / ``max_rul`` where ``data.*`` does not set them itself."""
-    from grace_rul.data.datasets import dataset_defaults
-
-    for key, value in dataset_defaults(cfg.data.dataset).items():
-        if key not in explicit:
-            setattr(cfg.data, key, value)
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config saved by :meth:`Config.to_dict` (checkpoints, run dirs).
-
-    Execution settings that 0.1.0 saved with the run (``data.data_dir``,
-    ``train.device``, ``train.threads``) are dropped.
-    """
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for section, key in (("data", "data_dir"), ("train", "device"), ("train", "threads")):
-        if isinstance(data.get(section), dict):
-            data[section].pop(key, None)
-    cfg = Config(preset=data.pop("preset", "paper"))
-    # Start from bare defaults: the saved dict is complete, presets must not leak in.
-    _merge(cfg, data, "")
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: Config) -> None:
-    """Refuse settings that cannot train, with one line naming the setting."""
-    m, t, b = cfg.model, cfg.train, cfg.balancer
-    cfg.data.validate()
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise GraceError(f"invalid setting: {msg}")
-
-    need(
-        len(m.conv_channels) >= 1 and all(c > 0 for c in m.conv_channels),
-        "model.conv_channels must be positive",
-    )
-    need(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size must be odd and >= 1")
-    need(
-        m.lstm_hidden > 0 and m.lstm_layers >= 1,
-        "model.lstm_hidden and model.lstm_layers must be >= 1",
-    )
-    need(m.attn_heads >= 1, f"model.attn_heads must be >= 1 (got {m.attn_heads})")
-    need(
-        m.d_model >= 1 and m.depth >= 1 and m.ff >= 1,
-        "model.d_model, model.depth and model.ff must be >= 1",
-    )
-    need(all(h > 0 for h in m.fc), "model.fc sizes must be positive")
-    # Upper bounds, so that a config (or a shared model file) cannot ask for a network
-    # that allocates for minutes before failing; far above any preset.
-    need(
-        len(m.conv_channels) <= MAX_LAYERS and len(m.fc) <= MAX_LAYERS,
-        f"model.conv_channels and model.fc have at most {MAX_LAYERS} layers",
-    )
-    need(
-        max(m.conv_channels) <= MAX_WIDTH and max(m.fc, default=0) <= MAX_WIDTH,
-        f"model.conv_channels and model.fc sizes must be <= {MAX_WIDTH}",
-    )
-    need(m.kernel_size <= MAX_KERNEL, f"model.kernel_size must be <= {MAX_KERNEL}")
-    need(
-        m.lstm_hidden <= MAX_WIDTH and m.lstm_layers <= MAX_LAYERS,
-        f"model.lstm_hidden must be <= {MAX_WIDTH} and model.lstm_layers <= {MAX_LAYERS}",
-    )
-    need(0 <= m.dropout < 1, f"model.dropout must be in [0, 1) (got {m.dropout})")
-    from grace_rul.backbones import check_model
-
-    check_model(m)  # unknown arch (lists the names), unsupported pooling, the arch's sizes
-    need(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
-    need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
-    need(math.isfinite(t.lr) and t.lr > 0, f"train.lr must be > 0 (got {t.lr})")
-    need(t.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {t.weight_decay})")
-    need(
-        all(
-            isinstance(x, (list, tuple)) and len(x) == 2 and x[0] >= 0 and x[1] >= 0
-            for x in t.weight_decay_schedule
-        ),
-        "train.weight_decay_schedule must be a list of [epoch, factor] pairs, both >= 0",
-    )
-    need(
-        len(t.betas) == 2 and all(0 <= x < 1 for x in t.betas),
-        "train.betas must be two values in [0, 1)",
-    )
-    need(
-        t.schedule in SCHEDULES,
-        f"train.schedule must be one of {', '.join(SCHEDULES)} (got {t.schedule})",
-    )
-    need(t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0")
-    need(t.swa_start >= 0, f"train.swa_start must be >= 0, 0 = off (got {t.swa_start})")
-    need(0 < t.plateau_factor < 1, "train.plateau_factor must be in (0, 1)")
-    need(
-        t.plateau_patience >= 0 and t.early_stop_patience >= 1,
-        "patience values must be >= 0 / >= 1",
-    )
-    need(0 <= t.min_lr <= t.lr, "train.min_lr must be in [0, lr]")
-    need(t.clip >= 0, f"train.clip must be >= 0, 0 = no clipping (got {t.clip})")
-    need(
-        t.clip_mode in CLIP_MODES,
-        f"train.clip_mode must be one of {', '.join(CLIP_MODES)} (got {t.clip_mode})",
-    )
-    need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {t.ema_decay})")
-    need(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}")
-    need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
-    need(t.spike_factor > 1, "train.spike_factor must be > 1")
-    need(t.grad_stats_every >= 1, "train.grad_stats_every must be >= 1")
-    need(t.protocol in PROTOCOLS, f"train.protocol must be one of {', '.join(PROTOCOLS)}")
-    need(t.select in SELECTIONS, f"train.select must be one of {', '.join(SELECTIONS)}")
-    need(
-        b.grad_source in GRAD_SOURCES,
-        f"balancer.grad_source must be one of {', '.join(GRAD_SOURCES)}",
-    )
-    from grace_rul.balancers import check_balancer
-
-    check_balancer(b.name, b.options)
 
 
 # --------------------------------------------------------------------------- command line

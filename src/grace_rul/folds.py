@@ -2,7 +2,7 @@
 
 ``grace train --folds K --out DIR`` (= ``--set data.folds=K``) deals the training units
 into K seeded folds of whole engines, stratified by life length
-(:func:`grace_rul.data.cmapss.fold_units`), and trains K complete runs: fold ``f`` trains
+(:func:`grace_rul.data.windows.fold_units`), and trains K complete runs: fold ``f`` trains
 on the other K-1 folds and selects its epoch on its own fold's truncated-validation
 score, exactly as a single run does on its hold-out. Every training engine is validated
 once, by the one model that never saw it.
@@ -37,11 +37,10 @@ import numpy as np
 import pandas as pd
 
 from grace_rul import __version__, rundir, source_commit
-from grace_rul.checkpoint import atomic_write_text
-from grace_rul.config import Config, Execution
+from grace_rul.config import PROTOCOL_LABELS, Config, Execution
 from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write_text
 from grace_rul.lock import LOCK_FILE, DirLock
-from grace_rul.metrics import PROTOCOL_LABELS
 from grace_rul.rundir import RunDir
 
 MODEL_DIR = "model"

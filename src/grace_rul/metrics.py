@@ -4,13 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# How a checkpoint is selected, and how each protocol's numbers are labelled wherever printed.
-PROTOCOLS = ("val", "paper")
-PROTOCOL_LABELS = {"val": "validation-selected", "paper": "test-selected (optimistic)"}
-# The validation score used for selection: "last" windows of truncated validation units
-# (built like the test set) or "all" windows of the validation units.
-SELECTIONS = ("last", "all")
-
 
 def rmse(pred: np.ndarray, true: np.ndarray) -> float:
     """Root-mean-square error in cycles."""

@@ -136,7 +136,7 @@ def build_model(
     """The ``cfg.arch`` network for a config (14 informative sensors by default).
 
     ``window`` is the number of rows of an input window
-    (:func:`grace_rul.data.cmapss.window_rows`).
+    (:func:`grace_rul.data.windows.window_rows`).
     """
     from grace_rul.backbones import backbone_class
 

@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from grace_rul.bounded import load_yaml_text
-from grace_rul.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write_bytes, atomic_write_json, atomic_write_text, load_yaml_text
 from grace_rul.lock import LOCK_FILE
 from grace_rul.losses import TASKS
 

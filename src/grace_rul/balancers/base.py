@@ -65,6 +65,9 @@ class Balancer(nn.Module):
       * ``needs_post_step_losses``: after the optimiser step the trainer forwards the same
         batch again without gradients and passes its task losses (the trainer's loss
         function) to :meth:`after_step` as ``losses_after`` (FAMO).
+      * ``train_defaults``: ``train.*`` values the method brings, applied by
+        :func:`grace_rul.resolve.resolve_config` where the configuration leaves them at
+        their defaults (GRACE: its weight-decay schedule).
 
     State that must survive a resume lives in buffers or parameters, so it travels
     in ``state_dict``. Learnable parameters are added to the optimiser by the trainer.
@@ -73,6 +76,7 @@ class Balancer(nn.Module):
     name: ClassVar[str] = ""
     needs_task_grads: ClassVar[bool] = False
     needs_post_step_losses: ClassVar[bool] = False
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, num_tasks: int = 2) -> None:
         super().__init__()

@@ -21,8 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from grace_rul.balancers.base import Balancer, Combination, TaskGrads
-
-GRAD_SOURCES = ("params", "representation")
+from grace_rul.config import GRAD_SOURCES
 
 
 @dataclass

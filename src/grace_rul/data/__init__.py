@@ -4,31 +4,28 @@
 N-CMAPSS HDF5 file; :mod:`grace_rul.data.datasets`) and builds its windows.
 """
 
+from grace_rul.config import DATASETS, DataConfig, dataset_name, is_dataset_file
 from grace_rul.data.cmapss import (
     COLUMNS,
-    DATASETS,
     SENSORS,
     SETTINGS,
     SHA256,
-    CMAPSSData,
-    DataConfig,
-    Normalizer,
     RawSubset,
+    bundled_dir,
+    clear_cache,
+    read_cmapss,
+)
+from grace_rul.data.datasets import dataset_kind, load_dataset, read_dataset
+from grace_rul.data.scaling import Normalizer, regime_keys, resolve_normalization
+from grace_rul.data.windows import (
+    CMAPSSData,
     Split,
     add_labels,
     build_data,
-    bundled_dir,
-    clear_cache,
-    dataset_name,
     fold_units,
     health_class,
-    is_dataset_file,
     label_frame,
-    load_cmapss,
     make_windows,
-    read_cmapss,
-    regime_keys,
-    resolve_normalization,
     split_units,
     test_windows,
     truncated_windows,
@@ -36,7 +33,6 @@ from grace_rul.data.cmapss import (
     window_rows,
     window_summary,
 )
-from grace_rul.data.datasets import dataset_kind, load_dataset, read_dataset
 
 __all__ = [
     "COLUMNS",
@@ -53,7 +49,6 @@ __all__ = [
     "bundled_dir",
     "clear_cache",
     "health_class",
-    "load_cmapss",
     "make_windows",
     "read_cmapss",
     "regime_keys",

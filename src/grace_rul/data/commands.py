@@ -9,8 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from grace_rul.data.cmapss import COLUMNS, SETTINGS, DataConfig, Split, build_data
+from grace_rul.config import DataConfig, add_setting_arguments, settings_from_args
+from grace_rul.data.cmapss import COLUMNS, SETTINGS
 from grace_rul.data.datasets import dataset_kind, read_dataset
+from grace_rul.data.windows import Split, build_data
+from grace_rul.io import load_yaml
+from grace_rul.resolve import resolve_config
 
 
 def describe(cfg: DataConfig, seed: int = 42, data_dir: str | Path | None = None) -> dict[str, Any]:
@@ -104,8 +108,6 @@ def format_description(d: dict[str, Any]) -> str:
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``grace data describe``."""
-    from grace_rul.config import add_setting_arguments
-
     p = subparsers.add_parser("data", help="inspect a dataset before training")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     d = sub.add_parser(
@@ -122,8 +124,6 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from grace_rul.config import load_yaml, resolve_config, settings_from_args
-
     yaml_cfg = load_yaml(args.config) if args.config else {}
     cfg = resolve_config(args.preset or "tiny", yaml_cfg, settings_from_args(args))
     d = describe(cfg.data, cfg.seed, args.data_dir)

@@ -5,7 +5,7 @@ dataset YAML (``.yaml``/``.yml``, :mod:`grace_rul.data.tables`) or a path to an 
 HDF5 file (``.h5``/``.hdf5``, :mod:`grace_rul.data.ncmapss`). :func:`read_dataset`
 reads any of them into a :class:`~grace_rul.data.cmapss.RawSubset`;
 :func:`load_dataset` builds its windows with the one contract of
-:func:`~grace_rul.data.cmapss.build_data`. The trainer, evaluation and inference call
+:func:`~grace_rul.data.windows.build_data`. The trainer, evaluation and inference call
 these two and nothing else.
 """
 
@@ -13,17 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grace_rul.data.cmapss import (
-    DATASETS,
-    CMAPSSData,
-    DataConfig,
-    RawSubset,
-    build_data,
-    dataset_name,
-    read_cmapss,
-)
-
-HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
+from grace_rul.config import DATASETS, HDF5_SUFFIXES, DataConfig, dataset_name
+from grace_rul.data.cmapss import RawSubset, read_cmapss
+from grace_rul.data.ncmapss import read_ncmapss
+from grace_rul.data.tables import dataset_defaults as table_defaults
+from grace_rul.data.tables import read_tables
+from grace_rul.data.windows import CMAPSSData, build_data
 
 
 def dataset_kind(name: str) -> str:
@@ -44,11 +39,7 @@ def read_dataset(cfg: DataConfig, data_dir: str | Path | None = None) -> RawSubs
     if kind == "cmapss":
         return read_cmapss(cfg.dataset, data_dir)
     if kind == "ncmapss":
-        from grace_rul.data.ncmapss import read_ncmapss
-
         return read_ncmapss(cfg)
-    from grace_rul.data.tables import read_tables
-
     return read_tables(cfg)
 
 
@@ -66,6 +57,4 @@ def dataset_defaults(name: str) -> dict[str, int]:
     """Settings a dataset file sets for ``data.*`` (``window``, ``max_rul``); {} for others."""
     if dataset_kind(name) != "tables" or not Path(str(name)).expanduser().is_file():
         return {}
-    from grace_rul.data.tables import dataset_defaults as table_defaults
-
     return table_defaults(name)

@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.data.cmapss import DataConfig, RawSubset
+from grace_rul.config import DataConfig
+from grace_rul.data.cmapss import RawSubset
 from grace_rul.errors import GraceError
 
 PARTS: tuple[str, ...] = ("W", "X_s", "X_v", "T", "Y", "A")

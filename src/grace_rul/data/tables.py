@@ -20,7 +20,7 @@ Paths are relative to the YAML. The tables go through the same contract as C-MAP
 ``test_rul`` value for test units, capped at ``data.max_rul``), health classes, windows
 with front padding, the seeded validation split by whole units and the normaliser
 fitted on training units only, per regime where there are regimes
-(:mod:`grace_rul.data.regimes`: k-means on standardised settings; ``data.normalization
+(:mod:`grace_rul.data.scaling`: k-means on standardised settings; ``data.normalization
 auto`` is per regime when more than one regime is found).
 
 Sensors ``auto``: every numeric column other than unit, time and settings; a column
@@ -36,7 +36,7 @@ histories run to failure too (scored the same way).
 
 Precedence: the YAML's ``max_rul`` and ``window`` are the dataset's defaults. A
 ``data.max_rul`` / ``data.window`` set explicitly (``--set``, ``--config``) overrides
-them; :func:`grace_rul.config.resolve_config` writes the resolved values into the run's
+them; :func:`grace_rul.resolve.resolve_config` writes the resolved values into the run's
 config, so a checkpoint and an exported model carry them.
 
 Unit ids may be text (``pump-A``): each file's ids are numbered 1..n in sorted order,
@@ -64,9 +64,12 @@ import numpy as np
 import pandas as pd
 
 from grace_rul.bounded import MAX_TABLE_BYTES, PARQUET_MAGIC, read_table_bytes
+from grace_rul.config import DataConfig
 from grace_rul.data import frames
-from grace_rul.data.cmapss import TEST_SEED, DataConfig, RawSubset, check_window, split_units
+from grace_rul.data.cmapss import RawSubset
+from grace_rul.data.windows import TEST_SEED, check_window, split_units
 from grace_rul.errors import GraceError, brief
+from grace_rul.io import load_yaml
 
 KEYS: tuple[str, ...] = (
     "name", "train", "test", "test_rul", "unit", "time", "settings", "regimes", "sensors",
@@ -98,7 +101,6 @@ class TableSpec:
 
 def read_spec(path: str | Path) -> TableSpec:
     """Parse and check a dataset YAML (files must exist; columns are checked on reading)."""
-    from grace_rul.config import load_yaml
 
     p = Path(path).expanduser()
     doc = load_yaml(p, "dataset YAML")

@@ -12,8 +12,12 @@ SWEEP_ALIASES = ("epochs", "batch_size", "lr", "precision", "protocol")
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``grace sweep``: train a datasets x balancers x seeds grid and tabulate it."""
-    from grace_rul.config import DATASETS, add_execution_arguments, add_setting_arguments
-    from grace_rul.data import dataset_name
+    from grace_rul.config import (
+        DATASETS,
+        add_execution_arguments,
+        add_setting_arguments,
+        dataset_name,
+    )
     from grace_rul.experiments.executors import EXECUTORS
 
     p = subparsers.add_parser(
@@ -87,8 +91,9 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep; exit 0 when every cell finished, 1 when some failed."""
-    from grace_rul.config import execution_from_args, load_yaml, merge_overrides, settings_from_args
+    from grace_rul.config import execution_from_args, merge_overrides, settings_from_args
     from grace_rul.experiments.sweep import parse_vary, run_sweep
+    from grace_rul.io import load_yaml
 
     vary = parse_vary(args.vary)
     overrides = merge_overrides(
@@ -232,12 +237,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from grace_rul.config import (
         DEFAULT_PRESET,
         execution_from_args,
-        load_yaml,
         merge_overrides,
         settings_from_args,
     )
     from grace_rul.errors import GraceError
     from grace_rul.experiments.tune import STUDY_DB, TuneSpec, _optuna, run_tune
+    from grace_rul.io import load_yaml
 
     _optuna()  # refuse early when Optuna is missing
     if args.folds < 2:

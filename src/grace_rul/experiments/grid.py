@@ -24,9 +24,8 @@ from typing import Any
 
 import yaml
 
-from grace_rul.bounded import read_yaml_file
-from grace_rul.checkpoint import atomic_write_json, atomic_write_text
 from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write_json, atomic_write_text, read_yaml_file
 from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir
 
 GRID_FILE = "sweep.yaml"

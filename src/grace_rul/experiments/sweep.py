@@ -25,8 +25,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from grace_rul.config import Execution, config_keys, merge_overrides, resolve_config
-from grace_rul.data import dataset_name
+from grace_rul.config import Execution, config_keys, dataset_name, merge_overrides
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import make_executor, threads_per_cell
 from grace_rul.experiments.grid import (
@@ -51,6 +50,7 @@ from grace_rul.experiments.grid import (
 )
 from grace_rul.experiments.lock import sweep_lock
 from grace_rul.experiments.tables import Summary, write_tables
+from grace_rul.resolve import config_from_dict, resolve_config
 
 # Settings the grid axes own; a sweep's overrides may not set them.
 AXIS_KEYS = {("data", "dataset"): "datasets", ("balancer", "name"): "balancers", ("seed",): "seeds"}
@@ -72,7 +72,6 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     """Train one cell (in a worker process or Ray task); never raises, returns an outcome dict."""
     started = time.perf_counter()
     try:
-        from grace_rul.config import config_from_dict
         from grace_rul.trainer import train
 
         path = Path(task.run_dir)

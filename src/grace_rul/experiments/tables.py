@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.checkpoint import atomic_write_text
 from grace_rul.config import PROTOCOL_LABELS
 from grace_rul.errors import GraceError
 from grace_rul.experiments.grid import (
@@ -41,6 +40,7 @@ from grace_rul.experiments.grid import (
     read_grid,
     short_keys,
 )
+from grace_rul.io import atomic_write_text
 
 RESULT_COLUMNS = [
     "dataset",

@@ -56,16 +56,10 @@ from typing import Any
 
 import yaml
 
-from grace_rul.checkpoint import atomic_write_text
-from grace_rul.config import (
-    Config,
-    Execution,
-    config_keys,
-    load_yaml,
-    merge_overrides,
-    resolve_config,
-)
+from grace_rul.config import Config, Execution, config_keys, merge_overrides
 from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write_text, load_yaml
+from grace_rul.resolve import resolve_config
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
 OBJECTIVES = {"rmse": ("minimize",), "rmse,cpu": ("minimize", "minimize")}

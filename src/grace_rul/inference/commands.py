@@ -119,11 +119,11 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from grace_rul.checkpoint import atomic_write_text
     from grace_rul.inference.conformal import check_coverage
     from grace_rul.inference.loader import load_model
     from grace_rul.inference.onnx_export import require
     from grace_rul.inference.prediction import format_predictions, predict_file
+    from grace_rul.io import atomic_write_text
 
     coverage = check_coverage(args.coverage)
     fmt = args.format or ("json" if str(args.out or "").lower().endswith(".json") else "csv")

@@ -4,7 +4,7 @@ Calibration set
     The validation units of the run (never trained on), each truncated at
     :data:`CAL_CUTS` (20) seeded random points and scored on the window ending there,
     as a test engine is scored on its last window
-    (:func:`grace_rul.data.cmapss.truncated_windows` on ``load_cmapss(...).val`` with
+    (:func:`grace_rul.data.windows.truncated_windows` on ``load_dataset(...).val`` with
     seed ``run seed + 1``, so not the cuts that selected the checkpoint).
 Residuals
     ``r = true RUL - predicted RUL`` (capped RUL, in cycles), rounded to 1e-6 and stored
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from grace_rul.data.cmapss import CMAPSSData, Split, truncated_windows
+from grace_rul.data.windows import CMAPSSData, Split, truncated_windows
 from grace_rul.errors import GraceError
 from grace_rul.model import predict
 
@@ -201,7 +201,7 @@ def run_interval_metrics(
     """``metrics.json``'s ``intervals`` for a finished run: calibrate, then score the test set.
 
     ``model`` holds the inference weights (e.g. inside ``ema.swapped(model)``), ``data``
-    is the run's :func:`~grace_rul.data.load_cmapss` result and ``seed`` the run's seed.
+    is the run's :func:`~grace_rul.data.load_dataset` result and ``seed`` the run's seed.
     Returns ``{"0.8": {"coverage": ..., "mean_width": ...}, "0.9": {...}}``.
     """
     cal = calibration_windows(data, seed)

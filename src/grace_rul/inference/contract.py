@@ -6,7 +6,7 @@ same scaling. The
 :class:`DataContract` holds those settings; members of an ensemble must share one.
 
 Operating regimes: every row's three operational settings are rounded to
-:data:`~grace_rul.data.cmapss.REGIME_DECIMALS` (0, 2, 0) decimals. In ``regime`` mode
+:data:`~grace_rul.data.scaling.REGIME_DECIMALS` (0, 2, 0) decimals. In ``regime`` mode
 a row whose rounded settings equal a fitted regime is scaled with that regime's
 statistics and any other row with the nearest fitted centroid's
 (:meth:`~grace_rul.data.Normalizer.assign`). An operating point is *unseen* when its
@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.data.cmapss import REGIME_DECIMALS, SETTINGS, SUMMARY_ROWS, dataset_name
+from grace_rul.config import dataset_name
+from grace_rul.data.cmapss import SETTINGS
+from grace_rul.data.scaling import REGIME_DECIMALS
+from grace_rul.data.windows import SUMMARY_ROWS
 from grace_rul.errors import GraceError
 
 HEALTH_CLASSES: tuple[str, ...] = ("healthy", "degrading", "critical")  # health_class 0, 1, 2
@@ -73,7 +76,7 @@ class DataContract:
 
     @property
     def rows(self) -> int:
-        """Rows of one network input (:func:`grace_rul.data.cmapss.window_rows`)."""
+        """Rows of one network input (:func:`grace_rul.data.windows.window_rows`)."""
         return self.window + (SUMMARY_ROWS if self.window_features else 0)
 
     @classmethod

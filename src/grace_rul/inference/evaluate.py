@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul.config import config_from_dict
 from grace_rul.data import (
     DATASETS,
     DataConfig,
@@ -27,6 +26,7 @@ from grace_rul.inference.conformal import interval_metrics
 from grace_rul.inference.gracemodel import GraceModel
 from grace_rul.inference.loader import load_model
 from grace_rul.metrics import evaluate_predictions
+from grace_rul.resolve import config_from_dict
 
 SUMMARY_KEYS = ("rmse_last", "nasa_score", "mae", "health_accuracy")
 
@@ -76,7 +76,7 @@ def score_model(
 def cut_frame(raw: RawSubset, cfg: DataConfig, normalizer: Normalizer) -> pd.DataFrame:
     """Test units that run to failure, as one pseudo-unit per seeded cut.
 
-    The cuts are those of :func:`~grace_rul.data.cmapss.test_windows`; pseudo-unit ``k``
+    The cuts are those of :func:`~grace_rul.data.windows.test_windows`; pseudo-unit ``k``
     holds the last ``window`` rows up to cut ``k``, so its last window is that cut's window.
     """
     labelled = label_frame(raw, raw.test, cfg)

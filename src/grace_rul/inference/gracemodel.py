@@ -3,7 +3,7 @@
 One :class:`GraceModel` serves a single run and a seed ensemble alike. Each member keeps
 the normaliser fitted on its own training units (seeds hold out different units), so
 every member scales the input itself, cuts the last window of every unit with
-:func:`~grace_rul.data.cmapss.make_windows` (``last_only=True``, front padding of short
+:func:`~grace_rul.data.windows.make_windows` (``last_only=True``, front padding of short
 units, the two summary rows of ``data.window_features`` as in training) and runs its
 network. The model's RUL is the mean of the members' RUL; its health
 probabilities are the mean of the members' softmax probabilities and its health class
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from grace_rul.data.cmapss import Normalizer, Split, make_windows
+from grace_rul.data.scaling import Normalizer
+from grace_rul.data.windows import Split, make_windows
 from grace_rul.errors import GraceError
 from grace_rul.inference.conformal import Calibration
 from grace_rul.inference.contract import DataContract

@@ -32,14 +32,15 @@ from typing import Any
 import numpy as np
 
 from grace_rul.bounded import check_file
-from grace_rul.checkpoint import _fsync_dir, atomic_write_bytes, atomic_write_json
-from grace_rul.config import config_from_dict
-from grace_rul.data.cmapss import Normalizer, window_rows
+from grace_rul.data.scaling import Normalizer
+from grace_rul.data.windows import window_rows
 from grace_rul.errors import GraceError, brief, first_line
 from grace_rul.inference.conformal import Calibration
 from grace_rul.inference.contract import UNSEEN_REGIME_STEPS, UNSEEN_RULE, DataContract
 from grace_rul.inference.gracemodel import GraceModel, Member
+from grace_rul.io import atomic_write_bytes, atomic_write_json, fsync_dir
 from grace_rul.model import build_model
+from grace_rul.resolve import config_from_dict
 
 # Readers are bounded before they allocate (docs/reliability.md).
 MAX_JSON_BYTES = 64 * 2**20
@@ -165,7 +166,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(out, old)
     os.replace(tmp, out)  # onto an absent or empty directory
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from grace_rul.checkpoint import atomic_write_bytes
 from grace_rul.errors import GraceError
+from grace_rul.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from grace_rul.inference.gracemodel import GraceModel

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from grace_rul.checkpoint import atomic_write_bytes, atomic_write_text
 from grace_rul.errors import GraceError
 from grace_rul.experiments.grid import GRID_FILE, RESULTS_FILE
+from grace_rul.io import atomic_write_bytes, atomic_write_text
 from grace_rul.reports import figures as F
 from grace_rul.reports import page as P
 from grace_rul.reports import studies as S

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from grace_rul.config import CLIP_MODES
 from grace_rul.errors import GraceError
 
 log = logging.getLogger(__name__)
 
-MODES = ("norm", "value")
+MODES = CLIP_MODES
 
 
 def _grads(params: Iterable[Tensor] | Tensor) -> list[Tensor]:

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from grace_rul.config import PRECISIONS
 from grace_rul.errors import GraceError
 
-MODES = ("auto", "32", "bf16", "16")
+MODES = PRECISIONS
 
 
 @functools.cache
