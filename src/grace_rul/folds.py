@@ -94,9 +94,9 @@ def train_folds(
     """
     from grace_rul.trainer import check_resumable
 
-    exe = execution or Execution()
+    execution = execution or Execution()
     k = cfg.data.folds
-    n_units = count_units(cfg, exe.data_dir)
+    n_units = count_units(cfg, execution.data_dir)
     if k > n_units:
         raise GraceError(
             f"data.folds={k} is more than the {n_units} training units of {cfg.data.dataset}"
@@ -112,13 +112,13 @@ def train_folds(
         if not resume:
             _clear_root(root)
         atomic_write_text(root / rundir.CONFIG, cfg.to_yaml())
-        return _train_folds(cfg, root, exe, score_test, on_epoch)
+        return _train_folds(cfg, root, execution, score_test, on_epoch)
 
 
 def _train_folds(
     cfg: Config,
     root: RunDir,
-    exe: Execution,
+    execution: Execution,
     score_test: bool,
     on_epoch: Callable[[int, float], None] | None,
 ) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def _train_folds(
             train(
                 fold_config(cfg, f),
                 sub.path,
-                execution=exe,
+                execution=execution,
                 resume=again,
                 score_test=score_test,
                 on_epoch=hook,
@@ -152,7 +152,7 @@ def _train_folds(
     root.write_table(rundir.OOF, rundir.OOF_COLUMNS, oof.itertuples(index=False))
     metrics = _metrics(cfg, oof, fold_metrics)
     if score_test:
-        metrics.update(_fold_ensemble(root.path, k, exe.data_dir))
+        metrics.update(_fold_ensemble(root.path, k, execution.data_dir))
     root.write_metrics(metrics)
     return metrics
 

@@ -258,7 +258,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     name = str(data["dataset"])
     out = Path(args.out or Path("tunes") / (Path(name).stem if Path(name).suffix else name).lower())
     storage = args.storage or f"sqlite:///{(out / STUDY_DB).absolute()}"
-    exe = execution_from_args(args)
+    execution = execution_from_args(args)
     spec = TuneSpec(
         out=str(out),
         base=base,
@@ -270,7 +270,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         trials=args.trials,
         storage=storage,
         heartbeat=args.heartbeat,
-        execution={"threads": exe.threads, "data_dir": exe.data_dir, "device": exe.device},
+        execution={
+            "threads": execution.threads,
+            "data_dir": execution.data_dir,
+            "device": execution.device,
+        },
         shared=args.storage is not None,
     )
     print(json.dumps(run_tune(spec, workers=args.workers, extend=args.extend), indent=2))

@@ -320,7 +320,7 @@ def run_sweep(
     sweep_dir = Path(out_dir).resolve()  # absolute: Ray tasks may run elsewhere
     datasets, balancers, seeds = _check_axes(list(datasets), list(balancers), list(seeds))
     shared = _check_overrides(overrides)
-    exe = execution or Execution()
+    execution = execution or Execution()
     # balancer options are shared by the whole balancers axis: validate them with each one
     per_balancer = [merge_overrides(shared, {"balancer": {"name": b}}) for b in balancers]
     for other in per_balancer[1:]:
@@ -357,16 +357,16 @@ def run_sweep(
     if executor == "local":
         if workers < 1:
             raise GraceError(f"--workers must be >= 1 (got {workers})")
-        threads = exe.threads or threads_per_cell(workers)
+        threads = execution.threads or threads_per_cell(workers)
     elif executor == "ray":
-        threads = exe.threads or max(1, int(cpus_per_task))
+        threads = execution.threads or max(1, int(cpus_per_task))
     else:
         raise GraceError(f"unknown executor '{executor}' (choose from: local, ray)")
     cells = grid.cells()
     configs = {
         c.name: resolve_config(grid.preset, None, cell_overrides(grid, c)).to_dict() for c in cells
     }  # every cell validated before anything is written
-    cell_execution = asdict(replace(exe, threads=threads, progress=False, quiet=True))
+    cell_execution = asdict(replace(execution, threads=threads, progress=False, quiet=True))
 
     with sweep_lock(sweep_dir):  # held until the tables are written; refused if taken
         if _grid_on_disk(sweep_dir) != on_disk:  # another sweep ran in between
