@@ -15,6 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from grace_rul import rundir
 from grace_rul.data.commands import add_data_parser
 from grace_rul.errors import GraceError, first_line
 from grace_rul.experiments.commands import add_sweep_parser, add_table_parser, add_tune_parser
@@ -63,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     yaml_cfg = load_yaml(args.config) if args.config else {}
     if args.resume and not args.config:
         # Resuming without a config file: start from the saved config, flags still override.
-        saved = Path(args.out) / "config.yaml"
+        saved = Path(args.out) / rundir.CONFIG
         yaml_cfg = load_yaml(saved) if saved.is_file() else {}
     cfg = resolve_config(args.preset, yaml_cfg, settings_from_args(args))
     if args.out is None:

@@ -56,6 +56,7 @@ from typing import Any
 
 import yaml
 
+from grace_rul import rundir
 from grace_rul.config import Config, Execution, config_keys, merge_overrides
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text, load_yaml
@@ -434,7 +435,7 @@ def objective(spec: TuneSpec, params: list[Param], trial: Any) -> float | tuple[
     values = {p.key: p.suggest(trial) for p in params}
     cfg = base_config(spec, values)
     path = trial_dir(spec, trial)
-    resume = path.is_dir() and (path / "config.yaml").is_file()
+    resume = path.is_dir() and (path / rundir.CONFIG).is_file()
     if path.is_dir() and not resume:
         shutil.rmtree(path)
     single = len(OBJECTIVES[spec.objective]) == 1

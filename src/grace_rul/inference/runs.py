@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from grace_rul import rundir
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.config import Config
 from grace_rul.data import Normalizer, Split, dataset_kind, load_dataset, read_dataset
@@ -53,7 +54,7 @@ def locate(path: str | Path, require_finished: bool = False) -> tuple[Path, Path
     if not p.exists():
         raise GraceError(f"{p} not found")
     if p.is_dir():
-        if not (p / "config.yaml").is_file() and not (p / "checkpoints").is_dir():
+        if not (p / rundir.CONFIG).is_file() and not (p / rundir.CHECKPOINTS).is_dir():
             raise GraceError(
                 f"{p} is not a GRACE run directory, checkpoint or model directory "
                 "(no config.yaml, checkpoints/ or grace_model.json)"
@@ -65,11 +66,11 @@ def locate(path: str | Path, require_finished: bool = False) -> tuple[Path, Path
         parent = p.parent.parent
         run = (
             parent
-            if p.parent.name == "checkpoints" and (parent / "config.yaml").is_file()
+            if p.parent.name == rundir.CHECKPOINTS and (parent / rundir.CONFIG).is_file()
             else None
         )
     if require_finished and (run is None or not RunDir(run).is_finished()):
-        raise GraceError(f"{run or p} is not a finished run: metrics.json not found")
+        raise GraceError(f"{run or p} is not a finished run: {rundir.METRICS} not found")
     return checkpoint, run
 
 

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from grace_rul.inference.contract import HEALTH_CLASSES
 from grace_rul.reports.loading import RunData, finite
 from grace_rul.rundir import (
     GRAD_NORMS,
@@ -28,8 +29,6 @@ from grace_rul.rundir import (
     PREDICTIONS,
     TRAJECTORIES,
 )
-
-HEALTH_CLASSES = ("healthy", "degrading", "critical")
 
 TITLE_CURVES = "Training and validation curves"
 TITLE_WEIGHTS = "Task weights λ per epoch"

@@ -18,6 +18,7 @@ import yaml
 
 from grace_rul import rundir
 from grace_rul.errors import GraceError
+from grace_rul.io import read_yaml_file
 from grace_rul.reports import page as P
 from grace_rul.reports.figures import Rendered, Skip, _figure, _title
 from grace_rul.rundir import RunDir
@@ -197,7 +198,7 @@ def study_page(path: Path, draw) -> tuple[str, set[str]]:
         ]
     )
     states = pd.Series([t.state.name.lower() for t in study.trials]).value_counts()
-    spec = yaml.safe_load((path / STUDY_FILE).read_text()) or {}
+    spec = read_yaml_file(path / STUDY_FILE) or {}
     body = [
         f'<h1>GRACE tuning report</h1><p class="sub">{P.esc(spec.get("dataset"))} · '
         f"{spec.get('folds')}-fold CV · objective {P.esc(spec.get('objective'))} · "
