@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from grace_rul.backbones import BACKBONES, DEFAULT_ARCH
+from grace_rul.backbones import BACKBONES, DEFAULT_ARCH, build_model
 from grace_rul.data import window_rows
 from grace_rul.losses import task_losses
-from grace_rul.model import build_model, count_parameters
+from grace_rul.model import count_parameters
 from grace_rul.resolve import resolve_config
 from readme_tables import replace_section
 

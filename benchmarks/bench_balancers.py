@@ -30,9 +30,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from grace_rul.backbones import build_model
 from grace_rul.balancers import TaskGrads, balance_backward, build_balancer
 from grace_rul.losses import task_losses
-from grace_rul.model import DualTaskNet, build_model
+from grace_rul.model import DualTaskNet
 from grace_rul.resolve import resolve_config
 
 MAX_RUL = 125.0

@@ -17,9 +17,9 @@ import time
 
 import torch
 
+from grace_rul.backbones import build_model
 from grace_rul.config import DEFAULT_PRESET, PRESETS
 from grace_rul.losses import task_losses
-from grace_rul.model import build_model
 from grace_rul.resolve import resolve_config
 
 

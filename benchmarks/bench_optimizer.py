@@ -14,8 +14,9 @@ import time
 
 import torch
 
+from grace_rul.backbones import build_model
 from grace_rul.config import PRESETS
-from grace_rul.model import build_model, count_parameters
+from grace_rul.model import count_parameters
 from grace_rul.resolve import resolve_config
 
 

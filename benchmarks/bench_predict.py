@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 import grace_rul
+from grace_rul.backbones import build_model
 from grace_rul.checkpoint import atomic_torch_save
 from grace_rul.config import PRESETS
 from grace_rul.data import bundled_dir, load_dataset, read_cmapss
 from grace_rul.inference.ensemble import export_model
 from grace_rul.inference.prediction import predict_file
-from grace_rul.model import build_model
 from grace_rul.model import predict as net_predict
 from grace_rul.resolve import resolve_config
 

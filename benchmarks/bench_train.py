@@ -24,10 +24,10 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from grace_rul.backbones import build_model
 from grace_rul.config import Execution
 from grace_rul.data import load_dataset
 from grace_rul.losses import task_losses
-from grace_rul.model import build_model
 from grace_rul.resolve import resolve_config
 from grace_rul.stabilisers.precision import resolve_precision
 from grace_rul.trainer import train

@@ -14,9 +14,9 @@ import torch
 
 import grace_rul
 from conftest import tiny_config
-from grace_rul.backbones import BACKBONES, DEFAULT_ARCH
+from grace_rul.backbones import BACKBONES, DEFAULT_ARCH, build_model
 from grace_rul.data import bundled_dir, read_cmapss
-from grace_rul.model import build_model, count_parameters
+from grace_rul.model import count_parameters
 from grace_rul.model import predict as net_predict
 from grace_rul.resolve import resolve_config
 from resumable import assert_resumes_identically, train_copying

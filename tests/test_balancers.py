@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from grace_rul.backbones import build_model
 from grace_rul.balancers import BALANCERS, TaskGrads, balance_backward, build_balancer
 from grace_rul.balancers.alignedmtl import balance_transform
 from grace_rul.balancers.cagrad import cagrad_objective, cagrad_weights
@@ -20,7 +21,6 @@ from grace_rul.balancers.nashmtl import nash_alpha
 from grace_rul.balancers.pcgrad import pcgrad_coefficients
 from grace_rul.errors import GraceError
 from grace_rul.losses import task_losses
-from grace_rul.model import build_model
 from grace_rul.resolve import resolve_config
 
 torch.set_num_threads(1)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from grace_rul.model import build_model, count_parameters, predict
+from grace_rul.backbones import build_model
+from grace_rul.model import count_parameters, predict
 from grace_rul.resolve import resolve_config
 
 

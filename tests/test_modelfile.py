@@ -12,6 +12,7 @@ import torch
 
 import grace_rul
 import grace_rul.inference.modelfile as modelfile
+from grace_rul.backbones import build_model
 from grace_rul.data import SENSORS, Normalizer, read_cmapss, windows
 from grace_rul.errors import GraceError
 from grace_rul.evaluation import score_split
@@ -20,7 +21,6 @@ from grace_rul.inference.contract import DataContract
 from grace_rul.inference.gracemodel import GraceModel, Member
 from grace_rul.inference.inputs import clean_frame, read_input
 from grace_rul.inference.modelfile import read_model_dir, save_model
-from grace_rul.model import build_model
 from grace_rul.resolve import resolve_config
 
 torch.set_num_threads(1)

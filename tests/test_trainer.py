@@ -19,12 +19,12 @@ from torch.overrides import TorchFunctionMode
 
 from conftest import QUIET, SHORT, tiny_config
 from grace_rul import trainer
+from grace_rul.backbones import build_model
 from grace_rul.balancers import BALANCERS, balance_backward
 from grace_rul.config import DEFAULT_PRESET
 from grace_rul.data import load_dataset
 from grace_rul.errors import GraceError
 from grace_rul.losses import task_losses
-from grace_rul.model import build_model
 from grace_rul.resolve import resolve_config
 from grace_rul.stabilisers import GradClipper, ModelEma, seed_everything
 from grace_rul.trainer import RUL_BIAS_WINDOWS, bias_windows, train, weight_decay_factor

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from grace_rul.backbones import build_model
 from grace_rul.config import Config
 from grace_rul.data import Split, window_rows
 from grace_rul.metrics import evaluate_predictions
-from grace_rul.model import DualTaskNet, build_model, predict
+from grace_rul.model import DualTaskNet, predict
 from grace_rul.resolve import config_from_dict
 
 

@@ -41,26 +41,7 @@ from grace_rul.config import PROTOCOL_LABELS, Config, Execution
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text
 from grace_rul.lock import LOCK_FILE, DirLock
-from grace_rul.rundir import RunDir
-
-MODEL_DIR = "model"
-
-
-def fold_dir(root: str | Path, fold: int) -> Path:
-    """The run directory of 1-based ``fold`` inside a cross-validation directory."""
-    return Path(root) / f"fold{fold}"
-
-
-def is_fold_root(path: str | Path) -> bool:
-    """True when ``path`` is a cross-validation directory (its config has data.folds >= 2)."""
-    p = Path(path)
-    if not (p / rundir.CONFIG).is_file():
-        return False
-    try:
-        data = RunDir(p).read_config().get("data") or {}
-    except GraceError:
-        return False
-    return isinstance(data, dict) and int(data.get("folds") or 0) >= 2 and not data.get("fold")
+from grace_rul.rundir import MODEL_DIR, RunDir, fold_dir
 
 
 def fold_config(cfg: Config, fold: int) -> Config:

@@ -130,19 +130,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(
-    cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0, window: int = 30
-) -> DualTaskNet:
-    """The ``cfg.arch`` network for a config (14 informative sensors by default).
-
-    ``window`` is the number of rows of an input window
-    (:func:`grace_rul.data.windows.window_rows`).
-    """
-    from grace_rul.backbones import backbone_class
-
-    return backbone_class(cfg.arch)(n_features, cfg, rul_scale=max_rul, window=window)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 2048) -> tuple[Tensor, Tensor]:
     """RUL predictions and health logits for windows ``x``, in eval mode, in order."""

@@ -49,6 +49,7 @@ EVENTS = "events.log"
 CHECKPOINTS = "checkpoints"
 BEST = f"{CHECKPOINTS}/best.pt"
 LAST = f"{CHECKPOINTS}/last.pt"
+MODEL_DIR = "model"  # the fold ensemble of a cross-validation directory
 FILES = (
     CONFIG, METRICS, HISTORY, GRAD_STATS, GRAD_NORMS, PREDICTIONS, TRAJECTORIES, OOF, EVENTS,
 )  # fmt: skip
@@ -164,6 +165,23 @@ REQUIRED = {
     TRAJECTORIES: TRAJECTORY_COLUMNS,
     OOF: OOF_COLUMNS,
 }
+
+
+def fold_dir(root: str | Path, fold: int) -> Path:
+    """The run directory of 1-based ``fold`` inside a cross-validation directory."""
+    return Path(root) / f"fold{fold}"
+
+
+def is_fold_root(path: str | Path) -> bool:
+    """True when ``path`` is a cross-validation directory (its config has data.folds >= 2)."""
+    p = Path(path)
+    if not (p / CONFIG).is_file():
+        return False
+    try:
+        data = RunDir(p).read_config().get("data") or {}
+    except GraceError:
+        return False
+    return isinstance(data, dict) and int(data.get("folds") or 0) >= 2 and not data.get("fold")
 
 
 class RunDir:

@@ -67,6 +67,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from grace_rul import __version__, rundir, source_commit
+from grace_rul.backbones import build_model
 from grace_rul.balancers import Balancer, StepGrads, balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
 from grace_rul.config import PROTOCOL_LABELS, Config, Execution, TrainConfig
@@ -76,7 +77,7 @@ from grace_rul.evaluation import score_split, test_metrics
 from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.lock import DirLock
 from grace_rul.losses import TASKS, task_losses
-from grace_rul.model import DualTaskNet, build_model, count_parameters, predict
+from grace_rul.model import DualTaskNet, count_parameters, predict
 from grace_rul.resolve import config_from_dict
 from grace_rul.rundir import RunDir
 from grace_rul.stabilisers import (

@@ -20,8 +20,22 @@ from grace_rul.backbones.registry import (
     register,
     resolve_pooling,
 )
+from grace_rul.config import ModelConfig
+from grace_rul.model import DualTaskNet
 
 DEFAULT_ARCH = "cnn_bilstm_attention"
+
+
+def build_model(
+    cfg: ModelConfig, n_features: int = 14, max_rul: float = 125.0, window: int = 30
+) -> DualTaskNet:
+    """The ``cfg.arch`` network for a config (14 informative sensors by default).
+
+    ``window`` is the number of rows of an input window
+    (:func:`grace_rul.data.windows.window_rows`).
+    """
+    return backbone_class(cfg.arch)(n_features, cfg, rul_scale=max_rul, window=window)
+
 
 __all__ = [
     "AUTO",
@@ -30,6 +44,7 @@ __all__ = [
     "POOLINGS",
     "Pool",
     "backbone_class",
+    "build_model",
     "check_model",
     "register",
     "resolve_pooling",

@@ -26,7 +26,7 @@ import yaml
 
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_json, atomic_write_text, read_yaml_file
-from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir
+from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir, is_fold_root
 
 GRID_FILE = "sweep.yaml"
 FAILURES_FILE = "failures.json"
@@ -268,8 +268,6 @@ def inspect_cell(path: Path, *, check_checkpoint: bool = True) -> CellState:
         except ValueError as exc:
             return CellState(CORRUPT, str(exc))
     if not run.last.exists():
-        from grace_rul.folds import is_fold_root
-
         if is_fold_root(path):  # a cross-validation: its finished folds are kept
             return CellState(INTERRUPTED, "cross-validation folds unfinished")
         return CellState(INCOMPLETE, f"no {METRICS} and no {LAST}")

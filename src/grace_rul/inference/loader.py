@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from grace_rul.errors import GraceError
-from grace_rul.folds import MODEL_DIR, fold_dir, is_fold_root
 from grace_rul.inference.gracemodel import GraceModel
 from grace_rul.inference.modelfile import MODEL_JSON, WEIGHTS, is_model_dir, read_model_dir
 from grace_rul.inference.runs import model_from_runs
-from grace_rul.rundir import RunDir
+from grace_rul.rundir import MODEL_DIR, RunDir, fold_dir, is_fold_root
 
 
 def load_model(path: str | Path, *, data_dir: str | None = None) -> GraceModel:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from grace_rul.backbones import build_model
 from grace_rul.bounded import check_file
 from grace_rul.data.scaling import Normalizer
 from grace_rul.data.windows import window_rows
@@ -39,7 +40,6 @@ from grace_rul.inference.conformal import Calibration
 from grace_rul.inference.contract import UNSEEN_REGIME_STEPS, UNSEEN_RULE, DataContract
 from grace_rul.inference.gracemodel import GraceModel, Member
 from grace_rul.io import atomic_write_bytes, atomic_write_json, fsync_dir
-from grace_rul.model import build_model
 from grace_rul.resolve import config_from_dict
 
 # Readers are bounded before they allocate (docs/reliability.md).

@@ -23,7 +23,7 @@ from grace_rul.reports.loading import (
     load_sweep,
     sweep_cells,
 )
-from grace_rul.rundir import CONFIG, EVENTS, HISTORY, METRICS
+from grace_rul.rundir import CONFIG, EVENTS, HISTORY, METRICS, is_fold_root
 
 HTML_NAME = "report.html"
 # Every PNG name a report can write; stale ones from an earlier report are removed.
@@ -175,8 +175,6 @@ def write_report(path: str | Path, out: Path | None = None) -> Path:
         raise GraceError(f"no such directory: {path}")
     if not path.is_dir():
         raise GraceError(f"not a directory: {path} (give a run dir or a sweep dir)")
-    from grace_rul.folds import is_fold_root
-
     if S.is_study_dir(path):
         kind = "study"
     elif is_fold_root(path) and (path / METRICS).is_file():
