@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 
 from grace_rul.config import DEFAULT_PRESET, Execution
-from grace_rul.experiments.grid import read_grid
+from grace_rul.experiments.grid import CellState, read_grid
 from grace_rul.experiments.significance import Footnotes, compare, power_note
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.experiments.tables import collect_results, row_labels
@@ -168,7 +168,7 @@ def summary_rows(
 ) -> list[dict]:
     """CSV rows: per method and subset the seed statistics and the paired comparison
     (``epochs``: the per-run budget of each subset, as the footnote states it)."""
-    done = df[df["status"] == "done"].assign(label=row_labels(df))
+    done = df[df["status"] == CellState.DONE].assign(label=row_labels(df))
     cmp_ = compare(df, baseline)
     cmp_ = cmp_[cmp_["metric"] == "rmse_last"].set_index(["method", "dataset"])
     rows = []

@@ -30,15 +30,12 @@ from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import make_executor, threads_per_cell
 from grace_rul.experiments.grid import (
     AXES,
-    CORRUPT,
-    DONE,
     GRID_FILE,
-    INCOMPLETE,
-    INTERRUPTED,
     LOCK_FILE,
     LOG_FILE,
     RUNS_DIR,
     Cell,
+    CellState,
     Grid,
     cell_dir,
     format_value,
@@ -388,14 +385,14 @@ def run_sweep(
         def plan(cell: Cell, first: bool) -> CellTask | None:
             path = cell_dir(sweep_dir, cell)
             state = inspect_cell(path)
-            if state.status == DONE:
+            if state.status == CellState.DONE:
                 return None
-            if state.status == INTERRUPTED:
+            if state.status == CellState.INTERRUPTED:
                 action = "resume"
                 if first:
                     result.resumed.append(cell.name)
                 log(f"{cell.name}: interrupted ({state.reason}); resuming")
-            elif state.status in (CORRUPT, INCOMPLETE):
+            elif state.status in (CellState.CORRUPT, CellState.INCOMPLETE):
                 action = "rerun"
                 if first:
                     result.rerun.append(cell.name)
@@ -451,7 +448,7 @@ def run_sweep(
             bar.close()
         result.results, result.summary = write_tables(sweep_dir)
         result.seconds = time.perf_counter() - started
-        done = int((result.results["status"] == DONE).sum())
+        done = int((result.results["status"] == CellState.DONE).sum())
         log(
             f"sweep finished in {result.seconds:.1f}s: {done}/{len(cells)} cells done, "
             f"{len(result.failed)} failed; tables in {sweep_dir}"
