@@ -35,6 +35,7 @@ from grace_rul.experiments.grid import (
     LOG_FILE,
     RUNS_DIR,
     Cell,
+    CellInspection,
     CellState,
     Grid,
     cell_dir,
@@ -95,6 +96,53 @@ def run_cell(task: CellTask) -> dict[str, Any]:
             "traceback": traceback.format_exc(),
             "seconds": time.perf_counter() - started,
         }
+
+
+# What a sweep does with a cell in each state (a finished cell, absent here, is skipped).
+ACTIONS = {
+    CellState.MISSING: "train",
+    CellState.INTERRUPTED: "resume",
+    CellState.CORRUPT: "rerun",
+    CellState.INCOMPLETE: "rerun",
+}
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What the sweep finds in one cell's run dir and does with it.
+
+    ``action`` is ``train``, ``resume``, ``rerun`` (wipe the directory first) or None for a
+    finished cell (skipped).
+    """
+
+    cell: Cell
+    path: Path
+    inspection: CellInspection
+
+    @property
+    def action(self) -> str | None:
+        return ACTIONS.get(self.inspection.status)
+
+    @property
+    def note(self) -> str | None:
+        """The sweep.log line for a cell resumed or re-run, None for the others."""
+        state, reason = self.inspection.status, self.inspection.reason
+        if self.action == "resume":
+            return f"{self.cell.name}: {state} ({reason}); resuming"
+        if self.action == "rerun":
+            return f"{self.cell.name}: {state} ({reason}); wiping and re-running"
+        return None
+
+
+def plan_cell(sweep_dir: Path, cell: Cell) -> CellPlan:
+    """Inspect ``cell``'s run dir under ``sweep_dir`` (reads only) and say what to do with it."""
+    path = cell_dir(sweep_dir, cell)
+    return CellPlan(cell, path, inspect_cell(path))
+
+
+def plan_cells(grid: Grid, sweep_dir: Path) -> list[CellPlan]:
+    """The plan for every cell of ``grid``, in grid order; starts nothing and writes nothing."""
+    return [plan_cell(sweep_dir, cell) for cell in grid.cells()]
 
 
 def _wipe(path: Path) -> None:
@@ -382,35 +430,23 @@ def run_sweep(
             f"protocol {grid.protocol}, executor {executor}"
         )
 
-        def plan(cell: Cell, first: bool) -> CellTask | None:
-            path = cell_dir(sweep_dir, cell)
-            state = inspect_cell(path)
-            if state.status == CellState.DONE:
-                return None
-            if state.status == CellState.INTERRUPTED:
-                action = "resume"
-                if first:
-                    result.resumed.append(cell.name)
-                log(f"{cell.name}: interrupted ({state.reason}); resuming")
-            elif state.status in (CellState.CORRUPT, CellState.INCOMPLETE):
-                action = "rerun"
-                if first:
-                    result.rerun.append(cell.name)
-                log(f"{cell.name}: {state.status} ({state.reason}); wiping and re-running")
-            else:
-                action = "train"
-                if first:
-                    result.trained.append(cell.name)
-            return CellTask(cell.name, str(path), configs[cell.name], action, cell_execution)
-
+        lists = {
+            None: result.skipped,
+            "train": result.trained,
+            "resume": result.resumed,
+            "rerun": result.rerun,
+        }
         todo: list[tuple[Cell, CellTask]] = []
-        for cell in cells:
-            task = plan(cell, first=True)
-            if task is None:
-                result.skipped.append(cell.name)
-                failures.pop(cell.name, None)
+        for plan in plan_cells(grid, sweep_dir):
+            name = plan.cell.name
+            if plan.note:
+                log(plan.note)
+            lists[plan.action].append(name)
+            if plan.action is None:
+                failures.pop(name, None)
             else:
-                todo.append((cell, task))
+                task = CellTask(name, str(plan.path), configs[name], plan.action, cell_execution)
+                todo.append((plan.cell, task))
         if result.skipped:
             log(f"{len(result.skipped)} cells already finished: skipped")
         write_failures(sweep_dir, failures)
@@ -428,7 +464,6 @@ def run_sweep(
             if todo:
                 _execute(
                     todo,
-                    plan,
                     result,
                     failures,
                     log,
@@ -462,8 +497,7 @@ def _grid_on_disk(sweep_dir: Path) -> Grid | None:
 
 
 def _execute(
-    todo,
-    plan,
+    todo: list[tuple[Cell, CellTask]],
     result: SweepResult,
     failures: dict,
     log: _Log,
@@ -498,10 +532,13 @@ def _execute(
                 elif attempt < MAX_ATTEMPTS:
                     log(f"{cell.name}: failed ({outcome['error']}); retrying once")
                     result.retried.append(cell.name)
-                    retry = plan(cell, first=False)
-                    if retry is None:  # finished after all (metrics written, then the worker died)
+                    again = plan_cell(sweep_dir, cell)  # it may resume now
+                    if again.note:
+                        log(again.note)
+                    if again.action is None:  # finished after all (metrics written, then it died)
                         bar.update(1)
                         continue
+                    retry = replace(task, action=again.action)
                     inflight[ex.submit(run_cell, retry)] = (cell, retry, attempt + 1)
                 else:
                     log(
