@@ -20,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from grace_rul.config import DEFAULT_PRESET, PRESETS, Execution
+from grace_rul.experiments.executors import ExecutorSpec
 from grace_rul.experiments.grid import CellState, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.inference.ensemble import build_ensemble
@@ -185,7 +186,7 @@ def main() -> None:
             preset=args.preset,
             overrides=OVERRIDES,
             execution=Execution(threads=args.threads),
-            workers=args.workers,
+            executor=ExecutorSpec(workers=args.workers),
             extend=True,
         )
     if (sweep_dir / "sweep.yaml").is_file():

@@ -27,6 +27,7 @@ import statistics
 from pathlib import Path
 
 from grace_rul.config import Execution
+from grace_rul.experiments.executors import ExecutorSpec
 from grace_rul.experiments.grid import CellState, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
 from readme_tables import replace_section, write_rows
@@ -118,7 +119,7 @@ def main() -> None:
             preset="default",
             overrides={"train": {"epochs": EPOCHS}},
             execution=Execution(threads=args.threads),
-            workers=args.workers,
+            executor=ExecutorSpec(workers=args.workers),
             extend=True,
             vary={"data.folds": [0, 5]},
         )

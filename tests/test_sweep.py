@@ -25,7 +25,7 @@ import yaml
 from grace_rul.checkpoint import atomic_torch_save
 from grace_rul.config import Execution
 from grace_rul.errors import GraceError
-from grace_rul.experiments.executors import make_executor, threads_per_cell
+from grace_rul.experiments.executors import ExecutorSpec, make_executor, threads_per_cell
 from grace_rul.experiments.grid import CellState, Grid, cell_dir
 from grace_rul.experiments.sweep import plan_cells, run_sweep
 from grace_rul.experiments.tables import collect_results, format_table, summarise
@@ -35,6 +35,7 @@ CELLS = ["FD001-equal-s42", "FD001-equal-s123", "FD001-gaba-s42", "FD001-gaba-s1
 GRID = dict(datasets=["FD001"], balancers=["equal", "gaba"], seeds=[42, 123], preset="tiny")
 TRAIN = {"train": {"epochs": 1}}
 ONE_THREAD = Execution(threads=1)
+TWO_WORKERS = ExecutorSpec(workers=2)
 
 
 def _metrics(sweep: Path, name: str) -> dict:
@@ -52,7 +53,7 @@ def _cli(argv: list[str]) -> int:
 def base(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("sweep") / "base"
     result = run_sweep(
-        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=False
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor=TWO_WORKERS, progress=False
     )
     return sweep, result
 
@@ -143,7 +144,7 @@ def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_p
     (runs / "FD001-gaba-s123" / "metrics.json").write_text('{"test": {"rmse_la')
 
     result = run_sweep(
-        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=False
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor=TWO_WORKERS, progress=False
     )
 
     assert result.ok, result.failed
@@ -164,7 +165,7 @@ def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_p
     # A third run has nothing to do: every cell skipped, nothing rewritten; progress shown.
     stamps = {n: (runs / n / "metrics.json").stat().st_mtime_ns for n in CELLS}
     again = run_sweep(
-        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=True
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor=TWO_WORKERS, progress=True
     )
     assert sorted(again.skipped) == sorted(CELLS) and not (
         again.trained or again.resumed or again.rerun
@@ -276,7 +277,12 @@ def test_ray_executor_matches_local(base, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = run_sweep(
-            sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor="ray", progress=False
+            sweep,
+            **GRID,
+            overrides=TRAIN,
+            execution=ONE_THREAD,
+            executor=ExecutorSpec("ray"),
+            progress=False,
         )
     finally:
         ray.shutdown()
@@ -288,7 +294,7 @@ def test_ray_executor_matches_local(base, tmp_path):
 def test_missing_ray_is_a_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(GraceError, match=r"ray is not installed: pip install 'grace-rul\[ray\]'"):
-        make_executor("ray")
+        make_executor(ExecutorSpec("ray"), threads=1)
 
 
 @pytest.mark.slow
@@ -323,14 +329,26 @@ def test_table_cli_latex_and_formats(base, capsys):
             },
             "balancer 'gaba': bad options",
         ),
-        ({"executor": "slurm"}, "unknown executor"),
-        ({"workers": 0}, "--workers"),
     ],
 )
 def test_bad_sweep_input_refused_before_writing(tmp_path, kwargs, words):
     args = {**GRID, "overrides": TRAIN, "progress": False, **kwargs}
     with pytest.raises(GraceError, match=words):
         run_sweep(tmp_path / "s", **args)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"kind": "slurm"}, "unknown executor"),
+        ({"workers": 0}, "--workers"),
+    ],
+)
+def test_bad_executor_refused_before_writing(tmp_path, kwargs, words):
+    with pytest.raises(GraceError, match=words):
+        executor = ExecutorSpec(**kwargs)  # checked once, when made
+        run_sweep(tmp_path / "s", **GRID, overrides=TRAIN, executor=executor, progress=False)
     assert not (tmp_path / "s").exists()
 
 
