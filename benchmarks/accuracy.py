@@ -20,7 +20,8 @@ import statistics
 from pathlib import Path
 
 from grace_rul.config import DEFAULT_PRESET, PRESETS, Execution
-from grace_rul.experiments.grid import DONE, cell_dir, inspect_cell, read_grid
+from grace_rul.experiments.executors import ExecutorSpec
+from grace_rul.experiments.grid import CellState, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.inference.ensemble import build_ensemble
 from grace_rul.resolve import resolve_config
@@ -79,7 +80,7 @@ def collect(sweep_dir: Path) -> list[dict]:
     rows = []
     for cell in grid.cells():
         state = inspect_cell(cell_dir(sweep_dir, cell), check_checkpoint=False)
-        if state.status == DONE:
+        if state.status == CellState.DONE:
             rows.append(_row("single", cell.dataset, str(cell.seed), state.metrics or {}))
     rows += ensemble_rows(sweep_dir, grid)
     return rows
@@ -185,7 +186,7 @@ def main() -> None:
             preset=args.preset,
             overrides=OVERRIDES,
             execution=Execution(threads=args.threads),
-            workers=args.workers,
+            executor=ExecutorSpec(workers=args.workers),
             extend=True,
         )
     if (sweep_dir / "sweep.yaml").is_file():

@@ -27,7 +27,8 @@ import statistics
 from pathlib import Path
 
 from grace_rul.config import Execution
-from grace_rul.experiments.grid import DONE, cell_dir, inspect_cell, read_grid
+from grace_rul.experiments.executors import ExecutorSpec
+from grace_rul.experiments.grid import CellState, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.sweep import run_sweep
 from readme_tables import replace_section, write_rows
 
@@ -47,7 +48,7 @@ def collect(sweep_dir: Path) -> list[dict]:
     rows = []
     for cell in grid.cells():
         state = inspect_cell(cell_dir(sweep_dir, cell), check_checkpoint=False)
-        if state.status != DONE:
+        if state.status != CellState.DONE:
             continue
         m = state.metrics or {}
         folds = int(dict(cell.settings).get("data.folds", 0))
@@ -118,7 +119,7 @@ def main() -> None:
             preset="default",
             overrides={"train": {"epochs": EPOCHS}},
             execution=Execution(threads=args.threads),
-            workers=args.workers,
+            executor=ExecutorSpec(workers=args.workers),
             extend=True,
             vary={"data.folds": [0, 5]},
         )

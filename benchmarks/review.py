@@ -43,7 +43,8 @@ from pathlib import Path
 import pandas as pd
 
 from grace_rul.config import DEFAULT_PRESET, Execution
-from grace_rul.experiments.grid import read_grid
+from grace_rul.experiments.executors import ExecutorSpec
+from grace_rul.experiments.grid import CellState, read_grid
 from grace_rul.experiments.significance import Footnotes, compare, power_note
 from grace_rul.experiments.sweep import run_sweep
 from grace_rul.experiments.tables import collect_results, row_labels
@@ -168,7 +169,7 @@ def summary_rows(
 ) -> list[dict]:
     """CSV rows: per method and subset the seed statistics and the paired comparison
     (``epochs``: the per-run budget of each subset, as the footnote states it)."""
-    done = df[df["status"] == "done"].assign(label=row_labels(df))
+    done = df[df["status"] == CellState.DONE].assign(label=row_labels(df))
     cmp_ = compare(df, baseline)
     cmp_ = cmp_[cmp_["metric"] == "rmse_last"].set_index(["method", "dataset"])
     rows = []
@@ -218,7 +219,7 @@ def train_arm(
         preset=DEFAULT_PRESET,
         overrides=overrides,
         execution=Execution(threads=1),
-        workers=workers,
+        executor=ExecutorSpec(workers=workers),
         extend=True,
         progress=sys.stderr.isatty(),
     )
@@ -359,8 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.table_only:
         exe = Execution(device=args.device, threads=1)
+        pool = ExecutorSpec(workers=args.workers)
         for spec in sweeps(args.out, args.preset, epochs):
-            run_sweep(**spec, execution=exe, workers=args.workers, progress=sys.stderr.isatty())
+            run_sweep(**spec, execution=exe, executor=pool, progress=sys.stderr.isatty())
     tables(args.out, args.preset)
     print(f"wrote {RESULTS / 'balancers.csv'}, {RESULTS / 'stabilisers.csv'} and the README tables")
 

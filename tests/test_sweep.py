@@ -22,16 +22,20 @@ import pandas as pd
 import pytest
 import yaml
 
+from grace_rul.checkpoint import atomic_torch_save
 from grace_rul.config import Execution
 from grace_rul.errors import GraceError
-from grace_rul.experiments.executors import make_executor, threads_per_cell
-from grace_rul.experiments.sweep import run_sweep
+from grace_rul.experiments.executors import ExecutorSpec, make_executor, threads_per_cell
+from grace_rul.experiments.grid import CellState, Grid, cell_dir
+from grace_rul.experiments.sweep import plan_cells, run_sweep
 from grace_rul.experiments.tables import collect_results, format_table, summarise
+from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir
 
 CELLS = ["FD001-equal-s42", "FD001-equal-s123", "FD001-gaba-s42", "FD001-gaba-s123"]
 GRID = dict(datasets=["FD001"], balancers=["equal", "gaba"], seeds=[42, 123], preset="tiny")
 TRAIN = {"train": {"epochs": 1}}
 ONE_THREAD = Execution(threads=1)
+TWO_WORKERS = ExecutorSpec(workers=2)
 
 
 def _metrics(sweep: Path, name: str) -> dict:
@@ -49,7 +53,7 @@ def _cli(argv: list[str]) -> int:
 def base(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("sweep") / "base"
     result = run_sweep(
-        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=False
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor=TWO_WORKERS, progress=False
     )
     return sweep, result
 
@@ -140,7 +144,7 @@ def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_p
     (runs / "FD001-gaba-s123" / "metrics.json").write_text('{"test": {"rmse_la')
 
     result = run_sweep(
-        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=False
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor=TWO_WORKERS, progress=False
     )
 
     assert result.ok, result.failed
@@ -161,7 +165,7 @@ def test_rerun_skips_finished_resumes_interrupted_and_reruns_corrupt(base, tmp_p
     # A third run has nothing to do: every cell skipped, nothing rewritten; progress shown.
     stamps = {n: (runs / n / "metrics.json").stat().st_mtime_ns for n in CELLS}
     again = run_sweep(
-        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, workers=2, progress=True
+        sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor=TWO_WORKERS, progress=True
     )
     assert sorted(again.skipped) == sorted(CELLS) and not (
         again.trained or again.resumed or again.rerun
@@ -273,7 +277,12 @@ def test_ray_executor_matches_local(base, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = run_sweep(
-            sweep, **GRID, overrides=TRAIN, execution=ONE_THREAD, executor="ray", progress=False
+            sweep,
+            **GRID,
+            overrides=TRAIN,
+            execution=ONE_THREAD,
+            executor=ExecutorSpec("ray"),
+            progress=False,
         )
     finally:
         ray.shutdown()
@@ -285,7 +294,7 @@ def test_ray_executor_matches_local(base, tmp_path):
 def test_missing_ray_is_a_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(GraceError, match=r"ray is not installed: pip install 'grace-rul\[ray\]'"):
-        make_executor("ray")
+        make_executor(ExecutorSpec("ray"), threads=1)
 
 
 @pytest.mark.slow
@@ -320,14 +329,26 @@ def test_table_cli_latex_and_formats(base, capsys):
             },
             "balancer 'gaba': bad options",
         ),
-        ({"executor": "slurm"}, "unknown executor"),
-        ({"workers": 0}, "--workers"),
     ],
 )
 def test_bad_sweep_input_refused_before_writing(tmp_path, kwargs, words):
     args = {**GRID, "overrides": TRAIN, "progress": False, **kwargs}
     with pytest.raises(GraceError, match=words):
         run_sweep(tmp_path / "s", **args)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"kind": "slurm"}, "unknown executor"),
+        ({"workers": 0}, "--workers"),
+    ],
+)
+def test_bad_executor_refused_before_writing(tmp_path, kwargs, words):
+    with pytest.raises(GraceError, match=words):
+        executor = ExecutorSpec(**kwargs)  # checked once, when made
+        run_sweep(tmp_path / "s", **GRID, overrides=TRAIN, executor=executor, progress=False)
     assert not (tmp_path / "s").exists()
 
 
@@ -503,3 +524,51 @@ def test_a_killed_sweep_takes_its_workers_with_it(tmp_path):
     rows = history.read_text().count("\n")
     time.sleep(2)
     assert history.read_text().count("\n") == rows  # nothing writes into the cell any more
+
+
+def _write_files(run: RunDir, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+
+
+def test_plan_cells_reads_each_cell_state_without_training(tmp_path):
+    grid = Grid(datasets=["FD001"], balancers=["gaba"], seeds=[1, 2, 3, 4, 5, 6], preset="tiny")
+    cells = {c.seed: RunDir(cell_dir(tmp_path, c)) for c in grid.cells()}
+    _write_files(cells[1], {METRICS: json.dumps({"test": {"rmse_last": 12.5}})})
+    _write_files(cells[3], {CONFIG: yaml.safe_dump({"train": {"epochs": 1}})})
+    atomic_torch_save({"loop": {"epoch": 3}}, cells[3].last)
+    _write_files(cells[4], {METRICS: "{not json"})
+    _write_files(cells[5], {CONFIG: yaml.safe_dump({"train": {"epochs": 1}})})
+    _write_files(cells[6], {LAST: "not a checkpoint"})  # and no config.yaml to resume with
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    plans = plan_cells(grid, tmp_path)
+
+    assert [p.cell for p in plans] == grid.cells()
+    assert [p.path for p in plans] == [c.path for c in cells.values()]
+    got = [(p.inspection.status, p.action) for p in plans]
+    assert got == [
+        (CellState.DONE, None),
+        (CellState.MISSING, "train"),
+        (CellState.INTERRUPTED, "resume"),
+        (CellState.CORRUPT, "rerun"),
+        (CellState.INCOMPLETE, "rerun"),
+        (CellState.CORRUPT, "rerun"),
+    ]
+    assert plans[0].inspection.metrics == {"test": {"rmse_last": 12.5}} and plans[0].note is None
+    assert plans[1].note is None
+    assert plans[2].note == f"FD001-gaba-s3: interrupted ({LAST} after epoch 3); resuming"
+    assert plans[4].note == (
+        f"FD001-gaba-s5: incomplete (no {METRICS} and no {LAST}); wiping and re-running"
+    )
+    assert plans[5].note == (
+        f"FD001-gaba-s6: corrupt ({CONFIG} missing or unreadable); wiping and re-running"
+    )
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no writes
+
+
+def test_cell_states_print_as_their_values():
+    assert [str(s) for s in CellState] == [s.value for s in CellState]
+    assert f"{CellState.DONE}|{CellState.PENDING:>8}" == "done| pending"
+    assert json.dumps({"status": CellState.FAILED}) == '{"status": "failed"}'

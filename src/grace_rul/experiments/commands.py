@@ -92,10 +92,18 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep; exit 0 when every cell finished, 1 when some failed."""
     from grace_rul.config import execution_from_args, merge_overrides, settings_from_args
+    from grace_rul.experiments.executors import ExecutorSpec
     from grace_rul.experiments.sweep import parse_vary, run_sweep
     from grace_rul.io import load_yaml
 
     vary = parse_vary(args.vary)
+    executor = ExecutorSpec(
+        kind=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        cpus_per_task=args.cpus_per_task,
+        gpus_per_task=args.gpus_per_task,
+    )
     overrides = merge_overrides(
         load_yaml(args.config) if args.config else {}, settings_from_args(args)
     )
@@ -108,13 +116,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         preset=preset,
         overrides=overrides,
         execution=execution_from_args(args),
-        executor=args.executor,
-        workers=args.workers,
-        ray_address=args.ray_address,
+        executor=executor,
         extend=args.extend,
         progress=not args.quiet,
-        cpus_per_task=args.cpus_per_task,
-        gpus_per_task=args.gpus_per_task,
         vary=vary,
     )
     assert result.summary is not None

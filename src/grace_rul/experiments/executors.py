@@ -18,6 +18,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from grace_rul.errors import GraceError
@@ -29,6 +30,42 @@ CellFn = Callable[[Any], Outcome]
 
 RAY_MISSING = "ray is not installed: pip install 'grace-rul[ray]'"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """How a sweep's cells run: the executor ``kind`` and its settings, checked when made.
+
+    ``workers`` sizes the local pool; ``ray_address`` (None: start a local instance),
+    ``cpus_per_task`` and ``gpus_per_task`` are Ray's.
+    """
+
+    kind: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    cpus_per_task: float = 1
+    gpus_per_task: float = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise GraceError(
+                f"unknown executor '{self.kind}' (choose from: {', '.join(EXECUTORS)})"
+            )
+        if self.kind == "local" and self.workers < 1:
+            raise GraceError(f"--workers must be >= 1 (got {self.workers})")
+        if self.kind == "ray" and self.cpus_per_task <= 0:
+            raise GraceError(f"--cpus-per-task must be > 0 (got {self.cpus_per_task})")
+        if self.kind == "ray" and self.gpus_per_task < 0:
+            raise GraceError(f"--gpus-per-task must be >= 0 (got {self.gpus_per_task})")
+
+    def threads(self, requested: int = 0) -> int:
+        """Torch threads per cell: ``requested`` when > 0, else the local pool's share of the
+        cores (:func:`threads_per_cell`) or Ray's ``cpus_per_task``."""
+        if requested > 0:
+            return requested
+        if self.kind == "local":
+            return threads_per_cell(self.workers)
+        return max(1, int(self.cpus_per_task))
 
 
 def threads_per_cell(workers: int, cpu_count: int | None = None) -> int:
@@ -94,17 +131,15 @@ class CellExecutor:
 class LocalExecutor(CellExecutor):
     """A ``ProcessPoolExecutor`` of ``workers`` spawned processes on this machine.
 
-    Each cell gets ``os.cpu_count() // workers`` torch threads (at least one). A pool
-    broken by a dead worker (out of memory, segfault) is replaced on the next submit.
+    Each cell gets ``threads`` torch threads. A pool broken by a dead worker (out of
+    memory, segfault) is replaced on the next submit.
     """
 
     name = "local"
 
-    def __init__(self, workers: int = 1, threads: int | None = None) -> None:
-        if workers < 1:
-            raise GraceError(f"--workers must be >= 1 (got {workers})")
+    def __init__(self, workers: int, threads: int) -> None:
         self.slots = workers
-        self.threads = threads if threads and threads > 0 else threads_per_cell(workers)
+        self.threads = threads
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
@@ -158,19 +193,12 @@ class RayExecutor(CellExecutor):
     name = "ray"
 
     def __init__(
-        self,
-        ray_address: str | None = None,
-        cpus_per_task: float = 1,
-        gpus_per_task: float = 0,
+        self, ray_address: str | None, cpus_per_task: float, gpus_per_task: float, threads: int
     ) -> None:
         try:
             import ray
         except ImportError:
             raise GraceError(RAY_MISSING) from None
-        if cpus_per_task <= 0:
-            raise GraceError(f"--cpus-per-task must be > 0 (got {cpus_per_task})")
-        if gpus_per_task < 0:
-            raise GraceError(f"--gpus-per-task must be >= 0 (got {gpus_per_task})")
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
@@ -184,7 +212,7 @@ class RayExecutor(CellExecutor):
                     f"cannot connect to the Ray cluster at {ray_address}: {exc}"
                 ) from None
             self._started = True
-        self.threads = max(1, int(cpus_per_task))
+        self.threads = threads
         self._options = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": 0}
         total = ray.cluster_resources().get("CPU", 1)
         self.slots = max(1, int(total // cpus_per_task))
@@ -213,21 +241,8 @@ class RayExecutor(CellExecutor):
         self._started = False
 
 
-def make_executor(
-    name: str,
-    *,
-    workers: int = 1,
-    threads: int | None = None,
-    ray_address: str | None = None,
-    cpus_per_task: float = 1,
-    gpus_per_task: float = 0,
-) -> CellExecutor:
-    """Build the executor called ``name`` (``local`` or ``ray``)."""
-    if name == "local":
-        return LocalExecutor(workers=workers, threads=threads)
-    if name == "ray":
-        ex = RayExecutor(ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
-        if threads and threads > 0:
-            ex.threads = threads
-        return ex
-    raise GraceError(f"unknown executor '{name}' (choose from: {', '.join(EXECUTORS)})")
+def make_executor(spec: ExecutorSpec, threads: int) -> CellExecutor:
+    """Build the executor ``spec`` describes, giving each cell ``threads`` torch threads."""
+    if spec.kind == "local":
+        return LocalExecutor(spec.workers, threads)
+    return RayExecutor(spec.ray_address, spec.cpus_per_task, spec.gpus_per_task, threads)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -211,20 +212,32 @@ def cell_dir(sweep_dir: str | Path, cell: Cell) -> Path:
 
 # ---- the state of one cell's run directory
 
-DONE, MISSING, INTERRUPTED, CORRUPT, INCOMPLETE = (
-    "done",
-    "missing",
-    "interrupted",
-    "corrupt",
-    "incomplete",
-)
+
+class CellState(str, Enum):
+    """The state of one cell, as ``sweep.log``, ``results.csv`` and the summary spell it.
+
+    A cell's run dir is in one of the first five (:func:`inspect_cell`); the results table
+    also says ``failed`` (recorded in failures.json) and ``pending`` (missing or incomplete).
+    """
+
+    DONE = "done"
+    MISSING = "missing"
+    INTERRUPTED = "interrupted"
+    CORRUPT = "corrupt"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+    PENDING = "pending"
+
+    # Printed as its value (``done``), as the plain strings it replaces were.
+    __str__ = str.__str__
+    __format__ = str.__format__
 
 
 @dataclass
-class CellState:
-    """What is in a cell's run dir: ``status`` (one of the constants above) and why."""
+class CellInspection:
+    """What is in a cell's run dir: its ``status`` and why."""
 
-    status: str
+    status: CellState
     reason: str = ""
     metrics: dict[str, Any] | None = None
 
@@ -248,7 +261,7 @@ def read_metrics(run: RunDir) -> dict[str, Any]:
     return data
 
 
-def inspect_cell(path: Path, *, check_checkpoint: bool = True) -> CellState:
+def inspect_cell(path: Path, *, check_checkpoint: bool = True) -> CellInspection:
     """Classify a cell's run dir.
 
     ``done``: metrics.json valid (with test.rmse_last). ``missing``: no dir or an empty one.
@@ -258,37 +271,38 @@ def inspect_cell(path: Path, *, check_checkpoint: bool = True) -> CellState:
     With ``check_checkpoint=False`` last.pt is only tested for existence (cheap; for tables).
     """
     if path.exists() and not path.is_dir():
-        return CellState(CORRUPT, f"{path.name} is a file, not a run directory")
+        return CellInspection(CellState.CORRUPT, f"{path.name} is a file, not a run directory")
     if not path.is_dir() or not any(path.iterdir()):
-        return CellState(MISSING)
+        return CellInspection(CellState.MISSING)
     run = RunDir(path)
     if (run / METRICS).exists():
         try:
-            return CellState(DONE, metrics=read_metrics(run))
+            return CellInspection(CellState.DONE, metrics=read_metrics(run))
         except ValueError as exc:
-            return CellState(CORRUPT, str(exc))
+            return CellInspection(CellState.CORRUPT, str(exc))
     if not run.last.exists():
         if is_fold_root(path):  # a cross-validation: its finished folds are kept
-            return CellState(INTERRUPTED, "cross-validation folds unfinished")
-        return CellState(INCOMPLETE, f"no {METRICS} and no {LAST}")
+            return CellInspection(CellState.INTERRUPTED, "cross-validation folds unfinished")
+        return CellInspection(CellState.INCOMPLETE, f"no {METRICS} and no {LAST}")
     if not check_checkpoint:
-        return CellState(INTERRUPTED, f"{LAST} present")
+        return CellInspection(CellState.INTERRUPTED, f"{LAST} present")
     try:
         saved = run.read_config()
     except GraceError:
         saved = {}
     if "train" not in saved:
         # The trainer needs config.yaml to resume.
-        return CellState(CORRUPT, f"{CONFIG} missing or unreadable")
+        return CellInspection(CellState.CORRUPT, f"{CONFIG} missing or unreadable")
     from grace_rul.checkpoint import load_checkpoint  # torch: only when there is a checkpoint
 
     try:
         state = load_checkpoint(run.last)
     except GraceError as exc:
-        return CellState(CORRUPT, f"unreadable {LAST} ({exc})")
+        return CellInspection(CellState.CORRUPT, f"unreadable {LAST} ({exc})")
     if not isinstance(state.get("loop"), dict) or "epoch" not in state["loop"]:
-        return CellState(CORRUPT, f"{LAST} is not a resumable checkpoint")
-    return CellState(INTERRUPTED, f"{LAST} after epoch {int(state['loop']['epoch'])}")
+        return CellInspection(CellState.CORRUPT, f"{LAST} is not a resumable checkpoint")
+    epoch = int(state["loop"]["epoch"])
+    return CellInspection(CellState.INTERRUPTED, f"{LAST} after epoch {epoch}")
 
 
 # ---- failures.json: cells that failed twice in the latest attempt

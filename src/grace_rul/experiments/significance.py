@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from grace_rul.errors import GraceError
-from grace_rul.experiments.grid import DONE
+from grace_rul.experiments.grid import CellState
 
 ALPHA = 0.05
 # (column in results, heading, decimals)
@@ -122,7 +122,7 @@ def resolve_baseline(df: pd.DataFrame, baseline: str) -> dict[str, str]:
 def compare(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """One row per (metric, method, dataset) of :data:`CSV_COLUMNS` against ``baseline``."""
     mapping = resolve_baseline(df, baseline)
-    done = df[df["status"] == DONE].assign(label=_labels(df))
+    done = df[df["status"] == CellState.DONE].assign(label=_labels(df))
     rows: list[dict[str, Any]] = []
     datasets = list(dict.fromkeys(df["dataset"].astype(str)))
     for col, _, _ in COMPARED:

@@ -27,18 +27,16 @@ from tqdm import tqdm
 
 from grace_rul.config import Execution, config_keys, dataset_name, merge_overrides
 from grace_rul.errors import GraceError
-from grace_rul.experiments.executors import make_executor, threads_per_cell
+from grace_rul.experiments.executors import CellExecutor, ExecutorSpec, make_executor
 from grace_rul.experiments.grid import (
     AXES,
-    CORRUPT,
-    DONE,
     GRID_FILE,
-    INCOMPLETE,
-    INTERRUPTED,
     LOCK_FILE,
     LOG_FILE,
     RUNS_DIR,
     Cell,
+    CellInspection,
+    CellState,
     Grid,
     cell_dir,
     format_value,
@@ -100,6 +98,53 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         }
 
 
+# What a sweep does with a cell in each state (a finished cell, absent here, is skipped).
+ACTIONS = {
+    CellState.MISSING: "train",
+    CellState.INTERRUPTED: "resume",
+    CellState.CORRUPT: "rerun",
+    CellState.INCOMPLETE: "rerun",
+}
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What the sweep finds in one cell's run dir and does with it.
+
+    ``action`` is ``train``, ``resume``, ``rerun`` (wipe the directory first) or None for a
+    finished cell (skipped).
+    """
+
+    cell: Cell
+    path: Path
+    inspection: CellInspection
+
+    @property
+    def action(self) -> str | None:
+        return ACTIONS.get(self.inspection.status)
+
+    @property
+    def note(self) -> str | None:
+        """The sweep.log line for a cell resumed or re-run, None for the others."""
+        state, reason = self.inspection.status, self.inspection.reason
+        if self.action == "resume":
+            return f"{self.cell.name}: {state} ({reason}); resuming"
+        if self.action == "rerun":
+            return f"{self.cell.name}: {state} ({reason}); wiping and re-running"
+        return None
+
+
+def plan_cell(sweep_dir: Path, cell: Cell) -> CellPlan:
+    """Inspect ``cell``'s run dir under ``sweep_dir`` (reads only) and say what to do with it."""
+    path = cell_dir(sweep_dir, cell)
+    return CellPlan(cell, path, inspect_cell(path))
+
+
+def plan_cells(grid: Grid, sweep_dir: Path) -> list[CellPlan]:
+    """The plan for every cell of ``grid``, in grid order; starts nothing and writes nothing."""
+    return [plan_cell(sweep_dir, cell) for cell in grid.cells()]
+
+
 def _wipe(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -127,6 +172,16 @@ class SweepResult:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def add(self, plan: CellPlan) -> None:
+        """List ``plan``'s cell under what this call does with it (skipped when finished)."""
+        lists = {
+            None: self.skipped,
+            "train": self.trained,
+            "resume": self.resumed,
+            "rerun": self.rerun,
+        }
+        lists[plan.action].append(plan.cell.name)
 
 
 def _check_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -291,13 +346,9 @@ def run_sweep(
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     execution: Execution | None = None,
-    executor: str = "local",
-    workers: int = 1,
-    ray_address: str | None = None,
+    executor: ExecutorSpec | None = None,
     extend: bool = False,
     progress: bool = True,
-    cpus_per_task: float = 1,
-    gpus_per_task: float = 0,
     vary: dict[str, list[Any]] | None = None,
 ) -> SweepResult:
     """Train every cell of datasets x balancers x seeds into ``out_dir/runs/`` and tabulate.
@@ -305,8 +356,8 @@ def run_sweep(
     ``overrides`` are nested config overrides shared by all cells (e.g.
     ``{"train": {"epochs": 5, "protocol": "val"}}``); they may not set the axes.
     ``execution`` is how each cell runs; its ``threads`` (when > 0) fixes the torch
-    threads per cell, otherwise the local pool gives each cell ``cpu_count // workers``
-    and Ray ``cpus_per_task``. Cells never show progress bars or event lines.
+    threads per cell, otherwise ``executor`` (default: a local pool of one worker) shares
+    out the cores (:meth:`ExecutorSpec.threads`). Cells never show progress bars or event lines.
     A directory holding another grid is refused unless ``extend`` (then the axes are
     the union; preset, overrides, protocol and ``vary`` must still match).
     ``vary`` adds axes beside datasets, balancers and seeds: dotted config key -> values
@@ -318,15 +369,94 @@ def run_sweep(
     """
     started = time.perf_counter()
     sweep_dir = Path(out_dir).resolve()  # absolute: Ray tasks may run elsewhere
+    grid = _requested_grid(datasets, balancers, seeds, preset, overrides, vary)
+    on_disk = _grid_on_disk(sweep_dir)
+    grid = _merge_with_disk(sweep_dir, grid, on_disk, extend)
+    executor = executor or ExecutorSpec()
+    execution = execution or Execution()
+    threads = executor.threads(execution.threads)
+    cell_exec = asdict(replace(execution, threads=threads, progress=False, quiet=True))
+    cells = grid.cells()
+    configs = {
+        c.name: resolve_config(grid.preset, None, cell_overrides(grid, c)).to_dict() for c in cells
+    }  # every cell validated before anything is written
+
+    with sweep_lock(sweep_dir):  # held until the tables are written; refused if taken
+        if _grid_on_disk(sweep_dir) != on_disk:  # another sweep ran in between
+            raise GraceError(f"{sweep_dir} changed while this sweep started; run it again")
+        (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        write_grid(sweep_dir, grid)
+        log = _Log(sweep_dir / LOG_FILE, echo=progress)
+        log(_describe(sweep_dir, grid, executor.kind))
+        result = SweepResult(sweep_dir=sweep_dir, grid=grid, cells=[c.name for c in cells])
+        todo = _tasks(plan_cells(grid, sweep_dir), result, log, configs, cell_exec)
+        keep = configs.keys() - set(result.skipped)  # a finished cell's old failure is over
+        failures = {k: v for k, v in read_failures(sweep_dir).items() if k in keep}
+        write_failures(sweep_dir, failures)
+
+        bar = tqdm(total=len(cells), initial=len(result.skipped), desc="sweep", unit="cell",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+        with bar:
+            try:
+                if todo:
+                    with make_executor(executor, threads) as ex:
+                        _execute(ex, todo, result, failures, log, bar, sweep_dir)
+            except KeyboardInterrupt:
+                log("interrupted: run the same command again to resume")
+                raise
+        _finish(result, started, log)
+    return result
+
+
+def _tasks(
+    plans: list[CellPlan],
+    result: SweepResult,
+    log: _Log,
+    configs: dict[str, dict[str, Any]],
+    execution: dict[str, Any],
+) -> list[tuple[Cell, CellTask]]:
+    """File each planned cell in ``result`` and sweep.log; the tasks of those to run."""
+    for plan in plans:
+        result.add(plan)
+        if plan.note:
+            log(plan.note)
+    if result.skipped:
+        log(f"{len(result.skipped)} cells already finished: skipped")
+    return [
+        (p.cell, CellTask(p.cell.name, str(p.path), configs[p.cell.name], p.action, execution))
+        for p in plans
+        if p.action is not None
+    ]
+
+
+def _finish(result: SweepResult, started: float, log: _Log) -> None:
+    """Write the tables into ``result`` and the sweep.log line that ends the invocation."""
+    result.results, result.summary = write_tables(result.sweep_dir)
+    result.seconds = time.perf_counter() - started
+    done = int((result.results["status"] == CellState.DONE).sum())
+    log(
+        f"sweep finished in {result.seconds:.1f}s: {done}/{len(result.cells)} cells done, "
+        f"{len(result.failed)} failed; tables in {result.sweep_dir}"
+    )
+
+
+def _requested_grid(
+    datasets: list[str],
+    balancers: list[str],
+    seeds: list[int],
+    preset: str | None,
+    overrides: dict[str, Any] | None,
+    vary: dict[str, list[Any]] | None,
+) -> Grid:
+    """The grid a run_sweep call asks for, every setting checked (one-line GraceErrors)."""
     datasets, balancers, seeds = _check_axes(list(datasets), list(balancers), list(seeds))
     shared = _check_overrides(overrides)
-    execution = execution or Execution()
     # balancer options are shared by the whole balancers axis: validate them with each one
     per_balancer = [merge_overrides(shared, {"balancer": {"name": b}}) for b in balancers]
     for other in per_balancer[1:]:
         resolve_config(preset, None, other)
     base = resolve_config(preset, None, per_balancer[0])
-    grid = Grid(
+    return Grid(
         datasets,
         balancers,
         seeds,
@@ -336,127 +466,35 @@ def run_sweep(
         vary=check_vary(dict(vary or {}), base.preset, per_balancer[0]),
     )
 
-    on_disk = _grid_on_disk(sweep_dir)
-    if on_disk is not None:
-        diff = grid.differences(on_disk)
-        if diff:
-            axes_only = set(diff) <= set(AXES)
-            if not extend or not axes_only:
-                hint = " (use --extend to add to it)" if axes_only else " (use another --out)"
-                raise GraceError(
-                    f"{sweep_dir} holds a different sweep: {'; '.join(diff.values())}{hint}"
-                )
-            grid = grid.union(on_disk)
-        else:
-            grid = on_disk  # keep the recorded order
-    elif sweep_dir.is_dir() and any(
-        p.name not in (RUNS_DIR, LOCK_FILE) for p in sweep_dir.iterdir()
-    ):
-        raise GraceError(f"{sweep_dir} exists and is not a sweep directory (no {GRID_FILE})")
 
-    if executor == "local":
-        if workers < 1:
-            raise GraceError(f"--workers must be >= 1 (got {workers})")
-        threads = execution.threads or threads_per_cell(workers)
-    elif executor == "ray":
-        threads = execution.threads or max(1, int(cpus_per_task))
-    else:
-        raise GraceError(f"unknown executor '{executor}' (choose from: local, ray)")
-    cells = grid.cells()
-    configs = {
-        c.name: resolve_config(grid.preset, None, cell_overrides(grid, c)).to_dict() for c in cells
-    }  # every cell validated before anything is written
-    cell_execution = asdict(replace(execution, threads=threads, progress=False, quiet=True))
+def _merge_with_disk(sweep_dir: Path, grid: Grid, on_disk: Grid | None, extend: bool) -> Grid:
+    """The grid to run in ``sweep_dir``: the recorded one when they match, the union with
+    ``extend``; a different sweep, or a directory that is no sweep, is refused."""
+    if on_disk is None:
+        if sweep_dir.is_dir() and any(
+            p.name not in (RUNS_DIR, LOCK_FILE) for p in sweep_dir.iterdir()
+        ):
+            raise GraceError(f"{sweep_dir} exists and is not a sweep directory (no {GRID_FILE})")
+        return grid
+    diff = grid.differences(on_disk)
+    if not diff:
+        return on_disk  # keep the recorded order
+    axes_only = set(diff) <= set(AXES)
+    if not extend or not axes_only:
+        hint = " (use --extend to add to it)" if axes_only else " (use another --out)"
+        raise GraceError(f"{sweep_dir} holds a different sweep: {'; '.join(diff.values())}{hint}")
+    return grid.union(on_disk)
 
-    with sweep_lock(sweep_dir):  # held until the tables are written; refused if taken
-        if _grid_on_disk(sweep_dir) != on_disk:  # another sweep ran in between
-            raise GraceError(f"{sweep_dir} changed while this sweep started; run it again")
-        (sweep_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-        write_grid(sweep_dir, grid)
-        log = _Log(sweep_dir / LOG_FILE, echo=progress)
-        result = SweepResult(sweep_dir=sweep_dir, grid=grid, cells=[c.name for c in cells])
-        failures = read_failures(sweep_dir)
-        failures = {k: v for k, v in failures.items() if k in configs}
-        log(
-            f"sweep {sweep_dir}: {len(cells)} cells ({len(grid.datasets)} datasets x "
-            f"{len(grid.balancers)} balancers x {len(grid.seeds)} seeds"
-            + "".join(f" x {len(v)} {k}" for k, v in grid.vary.items())
-            + f"), preset {grid.preset}, "
-            f"protocol {grid.protocol}, executor {executor}"
-        )
 
-        def plan(cell: Cell, first: bool) -> CellTask | None:
-            path = cell_dir(sweep_dir, cell)
-            state = inspect_cell(path)
-            if state.status == DONE:
-                return None
-            if state.status == INTERRUPTED:
-                action = "resume"
-                if first:
-                    result.resumed.append(cell.name)
-                log(f"{cell.name}: interrupted ({state.reason}); resuming")
-            elif state.status in (CORRUPT, INCOMPLETE):
-                action = "rerun"
-                if first:
-                    result.rerun.append(cell.name)
-                log(f"{cell.name}: {state.status} ({state.reason}); wiping and re-running")
-            else:
-                action = "train"
-                if first:
-                    result.trained.append(cell.name)
-            return CellTask(cell.name, str(path), configs[cell.name], action, cell_execution)
-
-        todo: list[tuple[Cell, CellTask]] = []
-        for cell in cells:
-            task = plan(cell, first=True)
-            if task is None:
-                result.skipped.append(cell.name)
-                failures.pop(cell.name, None)
-            else:
-                todo.append((cell, task))
-        if result.skipped:
-            log(f"{len(result.skipped)} cells already finished: skipped")
-        write_failures(sweep_dir, failures)
-
-        bar = tqdm(
-            total=len(cells),
-            initial=len(result.skipped),
-            desc="sweep",
-            unit="cell",
-            disable=not progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        try:
-            if todo:
-                _execute(
-                    todo,
-                    plan,
-                    result,
-                    failures,
-                    log,
-                    bar,
-                    sweep_dir,
-                    executor=executor,
-                    workers=workers,
-                    threads=threads,
-                    ray_address=ray_address,
-                    cpus_per_task=cpus_per_task,
-                    gpus_per_task=gpus_per_task,
-                )
-        except KeyboardInterrupt:
-            log("interrupted: run the same command again to resume")
-            raise
-        finally:
-            bar.close()
-        result.results, result.summary = write_tables(sweep_dir)
-        result.seconds = time.perf_counter() - started
-        done = int((result.results["status"] == DONE).sum())
-        log(
-            f"sweep finished in {result.seconds:.1f}s: {done}/{len(cells)} cells done, "
-            f"{len(result.failed)} failed; tables in {sweep_dir}"
-        )
-    return result
+def _describe(sweep_dir: Path, grid: Grid, executor: str) -> str:
+    """The first sweep.log line of an invocation: the grid's shape and settings."""
+    return (
+        f"sweep {sweep_dir}: {len(grid.cells())} cells ({len(grid.datasets)} datasets x "
+        f"{len(grid.balancers)} balancers x {len(grid.seeds)} seeds"
+        + "".join(f" x {len(v)} {k}" for k, v in grid.vary.items())
+        + f"), preset {grid.preset}, "
+        f"protocol {grid.protocol}, executor {executor}"
+    )
 
 
 def _grid_on_disk(sweep_dir: Path) -> Grid | None:
@@ -465,63 +503,62 @@ def _grid_on_disk(sweep_dir: Path) -> Grid | None:
 
 
 def _execute(
-    todo,
-    plan,
+    ex: CellExecutor,
+    todo: list[tuple[Cell, CellTask]],
     result: SweepResult,
-    failures: dict,
+    failures: dict[str, dict[str, Any]],
     log: _Log,
     bar: tqdm,
     sweep_dir: Path,
-    **executor_args: Any,
 ) -> None:
     """Submit every task; retry each failure once (re-planned: it may resume); record the rest."""
-    with make_executor(executor_args.pop("executor"), **executor_args) as ex:
-        inflight: dict[Any, tuple[Cell, CellTask, int]] = {}
-        for cell, task in todo:
-            inflight[ex.submit(run_cell, task)] = (cell, task, 1)
-        n_failed = 0
+    inflight: dict[Any, tuple[Cell, CellTask, int]] = {}
+    for cell, task in todo:
+        inflight[ex.submit(run_cell, task)] = (cell, task, 1)
+    n_failed = 0
 
-        def show() -> None:
-            bar.set_postfix(
-                done=bar.n - n_failed, running=min(len(inflight), ex.slots), failed=n_failed
-            )
+    def show() -> None:
+        bar.set_postfix(
+            done=bar.n - n_failed, running=min(len(inflight), ex.slots), failed=n_failed
+        )
 
-        show()
-        while inflight:
-            for handle, outcome in ex.wait(list(inflight)):
-                cell, task, attempt = inflight.pop(handle)
-                if outcome.get("ok"):
-                    log(
-                        f"{cell.name}: done in {outcome['seconds']:.1f}s "
-                        f"(test rmse_last {outcome['rmse_last']:.3f})"
-                    )
-                    failures.pop(cell.name, None)
-                    write_failures(sweep_dir, failures)
+    show()
+    while inflight:
+        for handle, outcome in ex.wait(list(inflight)):
+            cell, task, attempt = inflight.pop(handle)
+            if outcome.get("ok"):
+                log(
+                    f"{cell.name}: done in {outcome['seconds']:.1f}s "
+                    f"(test rmse_last {outcome['rmse_last']:.3f})"
+                )
+                failures.pop(cell.name, None)
+                write_failures(sweep_dir, failures)
+                bar.update(1)
+            elif attempt < MAX_ATTEMPTS:
+                log(f"{cell.name}: failed ({outcome['error']}); retrying once")
+                result.retried.append(cell.name)
+                again = plan_cell(sweep_dir, cell)  # it may resume now
+                if again.note:
+                    log(again.note)
+                if again.action is None:  # finished after all (metrics written, then it died)
                     bar.update(1)
-                elif attempt < MAX_ATTEMPTS:
-                    log(f"{cell.name}: failed ({outcome['error']}); retrying once")
-                    result.retried.append(cell.name)
-                    retry = plan(cell, first=False)
-                    if retry is None:  # finished after all (metrics written, then the worker died)
-                        bar.update(1)
-                        continue
-                    inflight[ex.submit(run_cell, retry)] = (cell, retry, attempt + 1)
-                else:
-                    log(
-                        f"{cell.name}: failed again ({outcome['error']}); recorded in failures.json"
-                    )
-                    failures[cell.name] = {
-                        "dataset": cell.dataset,
-                        "balancer": cell.balancer,
-                        "seed": cell.seed,
-                        **({"variant": cell.variant} if cell.settings else {}),
-                        "attempts": attempt,
-                        "error": outcome["error"],
-                        "traceback": outcome.get("traceback", ""),
-                        "when": datetime.now().isoformat(timespec="seconds"),
-                    }
-                    write_failures(sweep_dir, failures)
-                    result.failed[cell.name] = outcome["error"]
-                    n_failed += 1
-                    bar.update(1)
-                show()
+                    continue
+                retry = replace(task, action=again.action)
+                inflight[ex.submit(run_cell, retry)] = (cell, retry, attempt + 1)
+            else:
+                log(f"{cell.name}: failed again ({outcome['error']}); recorded in failures.json")
+                failures[cell.name] = {
+                    "dataset": cell.dataset,
+                    "balancer": cell.balancer,
+                    "seed": cell.seed,
+                    **({"variant": cell.variant} if cell.settings else {}),
+                    "attempts": attempt,
+                    "error": outcome["error"],
+                    "traceback": outcome.get("traceback", ""),
+                    "when": datetime.now().isoformat(timespec="seconds"),
+                }
+                write_failures(sweep_dir, failures)
+                result.failed[cell.name] = outcome["error"]
+                n_failed += 1
+                bar.update(1)
+            show()

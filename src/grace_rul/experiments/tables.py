@@ -30,10 +30,10 @@ import pandas as pd
 from grace_rul.config import PROTOCOL_LABELS
 from grace_rul.errors import GraceError
 from grace_rul.experiments.grid import (
-    DONE,
     RESULTS_FILE,
     SUMMARY_CSV_FILE,
     SUMMARY_MD_FILE,
+    CellState,
     cell_dir,
     inspect_cell,
     read_failures,
@@ -105,12 +105,12 @@ def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFram
             "protocol": grid.protocol,
             **{short[k]: v for k, v in cell.settings},
         }
-        if state.status == DONE:
+        if state.status == CellState.DONE:
             row.update(result_row(state.metrics or {}, grid.protocol))
         elif cell.name in failures:
-            row.update(status="failed", error=failures[cell.name].get("error", ""))
-        elif state.status in ("missing", "incomplete"):
-            row.update(status="pending")
+            row.update(status=CellState.FAILED, error=failures[cell.name].get("error", ""))
+        elif state.status in (CellState.MISSING, CellState.INCOMPLETE):
+            row.update(status=CellState.PENDING)
         else:
             row.update(status=state.status)
         rows.append(row)
@@ -125,7 +125,7 @@ def result_row(metrics: dict[str, Any], protocol: str) -> dict[str, Any]:
     """The result columns of one finished run's metrics (``protocol`` when they name none)."""
     test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
     return {
-        "status": DONE,
+        "status": CellState.DONE,
         "rmse_last": test.get("rmse_last"),
         "nasa_score": test.get("nasa_score"),
         "mae": test.get("mae"),
@@ -334,7 +334,7 @@ def summarise(df: pd.DataFrame) -> Summary:
         keys = (*METRICS, CV_METRIC)
     balancers = list(dict.fromkeys(df["balancer"].astype(str)))
     datasets = list(dict.fromkeys(df["dataset"].astype(str)))
-    done = df[df["status"] == DONE]
+    done = df[df["status"] == CellState.DONE]
     rows = []
     for b in balancers:
         for d in datasets:
@@ -364,7 +364,8 @@ def summarise(df: pd.DataFrame) -> Summary:
         ]
     label = protocol_label([str(p) for p in (done if len(done) else df)["protocol"]])
     stats["protocol"] = label
-    counts = {"total": len(df), "done": len(done), "failed": int((df["status"] == "failed").sum())}
+    failed = int((df["status"] == CellState.FAILED).sum())
+    counts = {"total": len(df), "done": len(done), "failed": failed}
     return Summary(
         stats=stats, balancers=balancers, datasets=datasets, protocol=label, counts=counts,
         metrics=keys,
