@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -555,6 +556,11 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if name in getattr(args, "setting_aliases", ALIASES)
         and getattr(args, name, None) is not None
     ]
+    return nested(pairs)
+
+
+def nested(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Dotted keys to nested dicts: ``[("train.lr", 1e-3)]`` -> ``{"train": {"lr": 1e-3}}``."""
     out: dict[str, Any] = {}
     for dotted, value in pairs:
         *parents, leaf = dotted.split(".")

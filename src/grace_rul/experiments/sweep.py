@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from grace_rul.config import Execution, config_keys, dataset_name, merge_overrides
+from grace_rul.config import Execution, config_keys, dataset_name, merge_overrides, nested
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import CellExecutor, ExecutorSpec, make_executor
 from grace_rul.experiments.grid import (
@@ -261,14 +261,6 @@ def parse_vary(texts: list[str]) -> dict[str, list[Any]]:
     return vary
 
 
-def _nested(dotted: str, value: Any) -> dict[str, Any]:
-    *parents, leaf = dotted.split(".")
-    out: dict[str, Any] = {leaf: value}
-    for part in reversed(parents):
-        out = {part: out}
-    return out
-
-
 def _has_key(overrides: dict[str, Any], dotted: str) -> bool:
     node: Any = overrides
     for part in dotted.split("."):
@@ -302,7 +294,7 @@ def check_vary(
         coerced = []
         for value in values:
             try:
-                cfg = resolve_config(preset, None, merge_overrides(shared, _nested(key, value)))
+                cfg = resolve_config(preset, None, merge_overrides(shared, nested([(key, value)])))
             except GraceError as exc:
                 raise GraceError(f"--vary {key}={value}: {exc}") from None
             node: Any = cfg.to_dict()
@@ -317,7 +309,7 @@ def cell_overrides(grid: Grid, cell: Cell) -> dict[str, Any]:
     """The override dict that turns the grid's preset into this cell's config."""
     o = copy.deepcopy(grid.overrides)
     for key, value in cell.settings:
-        o = merge_overrides(o, _nested(key, value))
+        o = merge_overrides(o, nested([(key, value)]))
     o.setdefault("data", {})["dataset"] = cell.dataset
     o.setdefault("balancer", {})["name"] = cell.balancer
     o["seed"] = cell.seed

@@ -57,7 +57,7 @@ from typing import Any
 import yaml
 
 from grace_rul import rundir
-from grace_rul.config import Config, Execution, config_keys, merge_overrides
+from grace_rul.config import Config, Execution, config_keys, merge_overrides, nested
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text, load_yaml
 from grace_rul.resolve import resolve_config
@@ -182,18 +182,6 @@ def _flat(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
     return out
 
 
-def nested(dotted: dict[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 1e-3}`` -> ``{"train": {"lr": 1e-3}}``."""
-    out: dict[str, Any] = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 # --------------------------------------------------------------------------- the study
 
 
@@ -233,7 +221,9 @@ class TuneSpec:
 
 def base_config(spec: TuneSpec, values: dict[str, Any] | None = None) -> Config:
     """The config of a trial: preset < base overrides < the trial's values, with folds."""
-    layers = merge_overrides(spec.base, nested(values or {}), {"data": {"folds": spec.folds}})
+    layers = merge_overrides(
+        spec.base, nested((values or {}).items()), {"data": {"folds": spec.folds}}
+    )
     return resolve_config(spec.preset, layers)
 
 
@@ -489,7 +479,7 @@ def write_outputs(spec: TuneSpec, study: Any) -> dict[str, Any]:
             vals = ",".join(str(t.params.get(k, "")) for k in best.params)
             rows.append(f"{t.number},{t.values[0]},{t.values[1]},{vals}")
         atomic_write_text(out / PARETO_CSV, "\n".join(rows) + "\n")
-    layers = merge_overrides(spec.base, nested(best.params))
+    layers = merge_overrides(spec.base, nested(best.params.items()))
     doc = {"preset": spec.preset, **layers}
     score = best.values[0]
     header = (
