@@ -1,14 +1,15 @@
 """The accuracy table: C-MAPSS FD001-FD004 x 5 seeds with the default preset, as evidence.
 
     nohup python benchmarks/accuracy.py > accuracy.log 2>&1 &     # hours on 2 cores
-    python benchmarks/accuracy.py --table-only                     # rewrite CSV + README table
+    python benchmarks/accuracy.py --table-only                     # rewrite CSV + tables
 
 Trains a resumable ``grace sweep`` (gaba, the default preset, validation-selected) into
 ``runs/accuracy-PRESET``: started again, it skips finished runs and resumes interrupted ones.
 When every seed of a subset has finished, it combines them into a seed ensemble
 (``grace ensemble``). Then it writes ``benchmarks/results/accuracy.csv`` - one row per
-finished run and one per ensemble - and regenerates the README's accuracy table (between
-the ``accuracy:start`` / ``accuracy:end`` markers) from that CSV. Every number comes from
+finished run and one per ensemble - and regenerates the accuracy table (between the
+``accuracy:start`` / ``accuracy:end`` markers of README.md and docs/evidence/accuracy.md)
+from that CSV. Every number comes from
 the test set scored once at the end of a finished run; nothing here chooses anything.
 """
 
@@ -123,7 +124,7 @@ def _mean_std(values: list[float]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """The README table, from the CSV rows: means over the single-model runs of each subset."""
+    """The accuracy table, from the CSV rows: means over the single-model runs of each subset."""
     lines = [
         "| subset | preset | test RMSE, single model | seed ensemble | target | NASA score | MAE "
         "| health acc. | 80 % interval: coverage, width | 90 % interval: coverage, width "

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    """The README table of a run's rows: parameters, CPU time per step and its ratio."""
+    """The architectures page's table of a run's rows: parameters, CPU s per step, ratio."""
     lines = [
         "| `model.arch` | parameters | CPU s / step | × `cnn_bilstm_attention` | wall, min |",
         "|---|---|---|---|---|",

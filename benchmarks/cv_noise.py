@@ -1,7 +1,7 @@
 """How noisy is the score recipes are judged on? Single hold-out against 5-fold CV, 5 seeds.
 
     nohup python benchmarks/cv_noise.py --workers 2 --threads 1 > cv_noise.log 2>&1 &
-    python benchmarks/cv_noise.py --table-only       # rewrite the CSV and the README table
+    python benchmarks/cv_noise.py --table-only       # rewrite the CSV and the table
 
 One recipe (the ``default`` preset, gaba, FD001, at most ``EPOCHS`` epochs so the grid fits
 a session) trained two ways for each of five seeds, as a resumable ``grace sweep
@@ -15,8 +15,8 @@ a session) trained two ways for each of five seeds, as a resumable ``grace sweep
 The seed moves both the split and the initialisation, so the spread over seeds of each
 score is the noise a recipe comparison has to beat. The test RMSE of each run (the fold
 ensemble's for ``folds=5``) is reported beside it, scored once; nothing here chooses
-anything. Writes ``benchmarks/results/cv_noise.csv`` and the README table between the
-``cv-noise:start`` / ``cv-noise:end`` markers.
+anything. Writes ``benchmarks/results/cv_noise.csv`` and the table between the
+``cv-noise:start`` / ``cv-noise:end`` markers of docs/guides/experiments.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Write a generated table into README.md between its two ``<!-- NAME:... -->`` markers."""
+"""Write a generated table into its pages, between its two ``<!-- NAME:... -->`` markers.
+
+Each table stands on the pages :data:`PAGES` names for it: the README front page shows
+the accuracy table; every other table stands on its guide or evidence page under
+``docs/``.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,34 @@ from pathlib import Path
 
 from grace_rul.io import atomic_write_text
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+
+PAGES: dict[str, tuple[Path, ...]] = {
+    "accuracy": (README, DOCS / "evidence" / "accuracy.md"),
+    "recipe": (DOCS / "evidence" / "accuracy.md",),
+    "review-balancers": (DOCS / "evidence" / "review.md",),
+    "review-stabilisers": (DOCS / "evidence" / "review.md",),
+    "precision": (DOCS / "evidence" / "performance.md",),
+    "selection": (DOCS / "guides" / "protocols.md",),
+    "cv-noise": (DOCS / "guides" / "experiments.md",),
+    "arch-speed": (DOCS / "architectures.md",),
+}
 
 
-def replace_section(name: str, text: str, readme: Path = README) -> None:
-    """Replace what stands between the two markers of ``name`` with ``text``."""
+def replace_section(name: str, text: str, page: Path | None = None) -> None:
+    """Replace what stands between the two markers of ``name`` with ``text``.
+
+    On ``page`` when given (a test's own file), else on every page of ``PAGES[name]``.
+    """
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    content = readme.read_text()
-    if start not in content or end not in content:
-        raise SystemExit(f"{readme} has no {start} ... {end} markers")
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    atomic_write_text(readme, pattern.sub(lambda _: f"{start}\n{text}{end}", content))
+    for path in (page,) if page is not None else PAGES[name]:
+        content = path.read_text()
+        if start not in content or end not in content:
+            raise SystemExit(f"{path} has no {start} ... {end} markers")
+        atomic_write_text(path, pattern.sub(lambda _: f"{start}\n{text}{end}", content))
 
 
 def write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:

@@ -167,7 +167,7 @@ def _as_set(variant: tuple[str, dict]) -> str:
 
 
 def table() -> str:
-    """The README table from the CSV: one row per (subset, variant), means over seeds."""
+    """The recipe table from the CSV: one row per (subset, variant), means over seeds."""
     with open(RESULTS, newline="") as f:
         rows = list(csv.DictReader(f))
     lines = [

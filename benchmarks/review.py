@@ -2,7 +2,7 @@
 
     python benchmarks/review.py --estimate                 # the plan and its CPU-hour estimate
     nohup python benchmarks/review.py > review.log 2>&1 &  # train (resumable), then tables
-    python benchmarks/review.py --table-only               # rewrite CSVs + README tables
+    python benchmarks/review.py --table-only               # rewrite CSVs + tables
 
 Resumable ``grace sweep`` directories under ``--out`` (default ``runs/review``), one per
 subset because each subset has its own epoch budget:
@@ -27,8 +27,8 @@ may overshoot the budget by a few percent: the estimate says by how much). Then 
 ``benchmarks/results/balancers.csv`` and ``stabilisers.csv`` (per method and subset: seed
 mean ± std, the mean paired difference against the baseline with its 95 % t-interval and
 the Wilcoxon signed-rank p; baselines ``equal`` and both stabilisers off) and regenerates
-the README tables between the ``review-balancers`` / ``review-stabilisers`` markers from
-those CSVs.
+the tables between the ``review-balancers`` / ``review-stabilisers`` markers of
+docs/evidence/review.md from those CSVs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ from readme_tables import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
 SEEDS = [42, 123, 456, 789, 1024]
 DATASETS = ["FD001", "FD002"]
 BALANCERS = ["equal", "gaba", "grace", "uncertainty", "dwa", "pcgrad", "cagrad", "imtl",
@@ -274,7 +273,7 @@ def _num(text) -> float:
 
 
 def markdown(rows: list[dict], baseline_name: str, seeds: list[int] = SEEDS) -> str:
-    """A README table from CSV rows: per subset the mean ± std and the paired difference."""
+    """A table from CSV rows: per subset the mean ± std and the paired difference."""
     if not rows:
         return "_no results yet: run `python benchmarks/review.py`_\n"
     subsets = list(dict.fromkeys(r["subset"] for r in rows))
@@ -315,19 +314,23 @@ def markdown(rows: list[dict], baseline_name: str, seeds: list[int] = SEEDS) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_readme(balancers: list[dict], stabilisers: list[dict], readme: Path = README) -> None:
+def write_tables(
+    balancers: list[dict], stabilisers: list[dict], readme: Path | None = None
+) -> None:
+    """Both tables on their page (``readme``: another file to write them into)."""
     for key, rows, base in (("balancers", balancers, "equal"),
                             ("stabilisers", stabilisers, "both off")):  # fmt: skip
         replace_section(MARKERS[key], markdown(rows, base), readme)
 
 
-def tables(out: Path, preset: str, results: Path = RESULTS, readme: Path = README) -> None:
-    """Collect the sweeps into both CSVs, then the README tables from the CSVs."""
+def tables(out: Path, preset: str, results: Path = RESULTS, readme: Path | None = None) -> None:
+    """Collect the sweeps into both CSVs, then both tables from the CSVs (on ``readme``
+    when given, else on their docs page)."""
     balancers, stab = collect(out, preset)
     results.mkdir(parents=True, exist_ok=True)
     write_csv(results / "balancers.csv", balancers)
     write_csv(results / "stabilisers.csv", stab)
-    write_readme(read_csv(results / "balancers.csv"), read_csv(results / "stabilisers.csv"),
+    write_tables(read_csv(results / "balancers.csv"), read_csv(results / "stabilisers.csv"),
                  readme)  # fmt: skip
 
 
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (a GPU runs the grid)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "review")
     ap.add_argument("--estimate", action="store_true", help="print the plan and stop")
-    ap.add_argument("--table-only", action="store_true", help="only rewrite CSVs and README")
+    ap.add_argument("--table-only", action="store_true", help="only rewrite CSVs and tables")
     args = ap.parse_args(argv)
     resolve_config(args.preset)  # an unknown preset is refused before anything starts
     if args.epochs:
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         for spec in sweeps(args.out, args.preset, epochs):
             run_sweep(**spec, execution=exe, executor=pool, progress=sys.stderr.isatty())
     tables(args.out, args.preset)
-    print(f"wrote {RESULTS / 'balancers.csv'}, {RESULTS / 'stabilisers.csv'} and the README tables")
+    print(f"wrote {RESULTS / 'balancers.csv'}, {RESULTS / 'stabilisers.csv'} and the tables")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,48 @@
-"""GRACE: remaining-useful-life prediction with a two-task network and gradient-aware balancing."""
+"""GRACE: remaining-useful-life prediction with a two-task network and gradient-aware balancing.
+
+The public API is one import::
+
+    from grace_rul import train, resolve_config, run_sweep, load_model, predict
+
+Each name is imported from its home on first use, so that ``import grace_rul`` (and the
+CLI) does not load torch.
+"""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the same names, seen by type checkers and the API reference
+    from grace_rul.experiments.sweep import run_sweep
+    from grace_rul.inference.gracemodel import GraceModel
+    from grace_rul.inference.loader import load_model
+    from grace_rul.inference.prediction import predict
+    from grace_rul.resolve import resolve_config
+    from grace_rul.trainer import train
 
 __version__ = "0.1.0"
 
-__all__ = ["GraceModel", "__version__", "load_model", "predict", "source_commit"]
+__all__ = [
+    "GraceModel",
+    "__version__",
+    "load_model",
+    "predict",
+    "resolve_config",
+    "run_sweep",
+    "source_commit",
+    "train",
+]
+
+_HOMES = {
+    "GraceModel": "grace_rul.inference",
+    "load_model": "grace_rul.inference",
+    "predict": "grace_rul.inference",
+    "resolve_config": "grace_rul.resolve",
+    "run_sweep": "grace_rul.experiments.sweep",
+    "train": "grace_rul.trainer",
+}
 
 
 def source_commit() -> str | None:
@@ -26,10 +61,9 @@ def source_commit() -> str | None:
 
 
 def __getattr__(name: str) -> object:
-    """``grace_rul.load_model``, ``grace_rul.predict`` and ``grace_rul.GraceModel``, imported
-    on first use so that ``import grace_rul`` (and the CLI) does not load torch."""
-    if name in ("GraceModel", "load_model", "predict"):
-        from grace_rul import inference
+    """The public names of ``_HOMES``, imported from their homes on first use."""
+    if name in _HOMES:
+        import importlib
 
-        return getattr(inference, name)
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'grace_rul' has no attribute {name!r}")
