@@ -325,11 +325,13 @@ def write_tables(
 
 def tables(out: Path, preset: str, results: Path = RESULTS, readme: Path | None = None) -> None:
     """Collect the sweeps into both CSVs, then both tables from the CSVs (on ``readme``
-    when given, else on their docs page)."""
-    balancers, stab = collect(out, preset)
+    when given, else on their docs page). Without runs under ``out`` the committed CSVs
+    stay as they are."""
+    collected = dict(zip(("balancers", "stabilisers"), collect(out, preset), strict=True))
     results.mkdir(parents=True, exist_ok=True)
-    write_csv(results / "balancers.csv", balancers)
-    write_csv(results / "stabilisers.csv", stab)
+    for name, rows in collected.items():
+        if rows or not (results / f"{name}.csv").is_file():  # no runs here: keep the evidence
+            write_csv(results / f"{name}.csv", rows)
     write_tables(read_csv(results / "balancers.csv"), read_csv(results / "stabilisers.csv"),
                  readme)  # fmt: skip
 
@@ -362,10 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.estimate:
         return
     if not args.table_only:
-        exe = Execution(device=args.device, threads=1)
+        execution = Execution(device=args.device, threads=1)
         pool = ExecutorSpec(workers=args.workers)
         for spec in sweeps(args.out, args.preset, epochs):
-            run_sweep(**spec, execution=exe, executor=pool, progress=sys.stderr.isatty())
+            run_sweep(**spec, execution=execution, executor=pool, progress=sys.stderr.isatty())
     tables(args.out, args.preset)
     print(f"wrote {RESULTS / 'balancers.csv'}, {RESULTS / 'stabilisers.csv'} and the tables")
 
