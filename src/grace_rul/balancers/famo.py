@@ -99,6 +99,3 @@ class FAMO(Balancer):
         self.adam_v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
         denom = (self.adam_v / (1.0 - b2**t)).sqrt() + ADAM_EPS
         self.logits.sub_(self.lr / (1.0 - b1**t) * self.adam_m / denom)
-
-    def describe(self) -> dict[str, float]:
-        return {"lr": self.lr, "gamma": self.gamma, "eps": self.eps}

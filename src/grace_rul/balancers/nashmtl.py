@@ -132,6 +132,3 @@ class NashMTL(Balancer):
                 self.weights.copy_((alpha / alpha.sum()).to(self.weights))
         w = self.weights.to(losses.dtype)
         return Combination(weights=w, raw=w)
-
-    def describe(self) -> dict[str, int]:
-        return {"update_weights_every": self.update_weights_every}
