@@ -19,11 +19,11 @@ from conftest import QUIET
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.cli import main
 from grace_rul.data import Normalizer, bundled_dir, load_dataset, read_cmapss, windows
-from grace_rul.evaluation import load_inference_model, score_split
 from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.inference.prediction import OUTPUT_COLUMNS, predict_file
 from grace_rul.model import predict as net_predict
 from grace_rul.resolve import resolve_config
+from grace_rul.scoring import load_inference_model, score_split
 from grace_rul.trainer import train
 
 torch.set_num_threads(1)
