@@ -97,7 +97,7 @@ def balance_backward(
     else:
         targets = list(shared)
     n = len(targets)
-    sizes = [t.numel() for t in targets]
+    sizes = [target.numel() for target in targets]
     # Each task's gradient is written once, straight into its row of the (K, P) matrix.
     matrix = torch.empty(k, sum(sizes), dtype=losses.dtype, device=losses.device)
     used = [False] * n

@@ -165,5 +165,7 @@ class ModelEma:
                     f"EMA state for {name!r} has shape {tuple(theirs.shape)}, "
                     f"model has {tuple(own.shape)}; was it saved with another config?"
                 )
-        torch._foreach_copy_(self.shadow, [t.to(s.device) for t, s in zip(saved, self.shadow)])
+        torch._foreach_copy_(
+            self.shadow, [theirs.to(own.device) for own, theirs in zip(self.shadow, saved)]
+        )
         self.num_updates = int(state["num_updates"])
