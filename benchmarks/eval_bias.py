@@ -17,8 +17,8 @@ import torch
 
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.data import load_dataset
-from grace_rul.evaluation import load_inference_model, score_split
 from grace_rul.rundir import RunDir
+from grace_rul.scoring import load_inference_model, score_split
 
 
 def main() -> None:

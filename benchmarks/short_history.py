@@ -25,9 +25,9 @@ from grace_rul.checkpoint import load_checkpoint
 from grace_rul.data import load_dataset
 from grace_rul.data.datasets import read_dataset
 from grace_rul.data.windows import make_windows
-from grace_rul.evaluation import load_inference_model
 from grace_rul.model import predict
 from grace_rul.rundir import RunDir
+from grace_rul.scoring import load_inference_model
 
 
 def short_history_errors(run: str, first: int, last: int) -> tuple[int, np.ndarray]:

@@ -216,16 +216,6 @@ def test_frozen_parameters_are_not_shadowed_and_export_live():
     assert torch.equal(exported["0.weight"], model[0].weight)
 
 
-def test_copy_to_writes_ema_weights_permanently():
-    model = _linear([1.0, 1.0], b=1.0)
-    ema = ModelEma(model, decay=0.5)
-    _set(model, [3.0, 3.0], 3.0)
-    ema.update(model)
-    ema.copy_to(model)
-    assert torch.equal(model.weight, torch.tensor([[2.0, 2.0]]))
-    assert torch.equal(model.bias, torch.tensor([2.0]))
-
-
 def test_bad_decay_is_a_grace_error():
     with pytest.raises(GraceError):
         ModelEma(_linear([1.0]), decay=1.0)

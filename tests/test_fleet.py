@@ -338,7 +338,7 @@ def test_fleet_yaml_train_evaluate_export_predict_and_sweep_names(tmp_path, cli,
     assert r.code == 0, r.err
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dataset"] == str(path) and "held-out training units" in metrics["test_split"]
-    r = cli("evaluate", "--checkpoint", run / "checkpoints" / "best.pt")
+    r = cli("evaluate", "--model", run / "checkpoints" / "best.pt")
     assert r.code == 0, r.err
     assert json.loads(r.out)["test"]["rmse_last"] == pytest.approx(metrics["test"]["rmse_last"])
     r = cli("export", run, "--out", tmp_path / "model")

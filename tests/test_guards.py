@@ -72,8 +72,6 @@ def test_counters_and_first_bad_step():
     assert guard.total_skipped == 3 and guard.consecutive == 1
     assert guard.first_bad == (1, 7, "loss rul=nan")
     assert guard.last_bad == (3, 0, "gradients")
-    assert "first at epoch 1 batch 7 (loss rul=nan)" in guard.report()
-    assert NonFiniteGuard().report() is None
 
 
 def test_raises_after_max_consecutive_bad_steps():
@@ -120,7 +118,6 @@ def test_spike_detector_flags_10x_but_not_1_5x_after_warmup():
     assert not detector.update(1.5 * level, epoch=1, batch=0)
     assert detector.update(10.0 * level, epoch=1, batch=1)
     assert detector.spikes == [(1, 1, pytest.approx(10.0 * level), pytest.approx(level, rel=0.02))]
-    assert detector.count(1) == 1 and detector.count(0) == 0
 
 
 def test_spike_detector_is_quiet_during_warmup_and_ignores_non_finite():
@@ -139,5 +136,5 @@ def test_spike_detector_state_dict_round_trip():
     resumed = SpikeDetector(warmup=3)
     resumed.load_state_dict(detector.state_dict())
     assert resumed.level == detector.level and resumed.steps == 4
-    assert resumed.spikes == detector.spikes and resumed.count(2) == 1
+    assert resumed.spikes == detector.spikes
     assert resumed.update(10.0 * resumed.level, epoch=3, batch=0)

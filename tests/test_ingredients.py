@@ -19,8 +19,8 @@ from grace_rul.backbones import build_model
 from grace_rul.data import Normalizer, bundled_dir, load_dataset, read_cmapss, window_summary
 from grace_rul.data.windows import add_labels, make_windows
 from grace_rul.errors import GraceError
-from grace_rul.evaluation import score_split
 from grace_rul.resolve import resolve_config
+from grace_rul.scoring import score_split
 from grace_rul.trainer import train
 from resumable import assert_resumes_identically, train_copying
 

@@ -15,13 +15,13 @@ import grace_rul.inference.modelfile as modelfile
 from grace_rul.backbones import build_model
 from grace_rul.data import SENSORS, Normalizer, read_cmapss, windows
 from grace_rul.errors import GraceError
-from grace_rul.evaluation import score_split
 from grace_rul.inference.conformal import Calibration, check_coverage, interval_metrics
 from grace_rul.inference.contract import DataContract
 from grace_rul.inference.gracemodel import GraceModel, Member
 from grace_rul.inference.inputs import clean_frame, read_input
 from grace_rul.inference.modelfile import read_model_dir, save_model
 from grace_rul.resolve import resolve_config
+from grace_rul.scoring import score_split
 
 torch.set_num_threads(1)
 

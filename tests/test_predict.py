@@ -19,11 +19,11 @@ from conftest import QUIET
 from grace_rul.checkpoint import load_checkpoint
 from grace_rul.cli import main
 from grace_rul.data import Normalizer, bundled_dir, load_dataset, read_cmapss, windows
-from grace_rul.evaluation import load_inference_model, score_split
 from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.inference.prediction import OUTPUT_COLUMNS, predict_file
 from grace_rul.model import predict as net_predict
 from grace_rul.resolve import resolve_config
+from grace_rul.scoring import load_inference_model, score_split
 from grace_rul.trainer import train
 
 torch.set_num_threads(1)
@@ -97,7 +97,7 @@ def test_predict_on_test_fd001_equals_grace_evaluate(run, exported, tmp_path, ca
         assert np.array_equal(table["rul"].to_numpy(), rul.astype(np.float64))
         assert np.array_equal(table["health"].map(HEALTH).to_numpy(), health)
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 0
+    assert main(["evaluate", "--model", str(run / "checkpoints" / "best.pt")]) == 0
     by_checkpoint = json.loads(capsys.readouterr().out)
     for model in (exported, run):
         assert main(["evaluate", "--model", str(model)]) == 0
@@ -330,7 +330,7 @@ def test_a_pickle_payload_is_refused_by_every_command_and_never_runs(run, tmp_pa
     shutil.copy(run / "metrics.json", bad_run / "metrics.json")
     best = str(bad_run / "checkpoints" / "best.pt")
     commands = [
-        ["evaluate", "--checkpoint", best],
+        ["evaluate", "--model", best],
         ["evaluate", "--model", str(bad_run)],
         ["predict", "--model", best, "--input", str(TEST_FD001)],
         ["predict", "--model", str(bad_run), "--input", str(TEST_FD001)],

@@ -128,7 +128,7 @@ def test_end_to_end_default_preset_and_evaluate_reproduces(tmp_path, cli):
     assert {"model", "ema", "inference", "normalizer", "config"} <= set(best)
     assert "threads" not in best["config"]["train"] and "data_dir" not in best["config"]["data"]
 
-    evaluated = cli("evaluate", "--checkpoint", out / "checkpoints" / "best.pt")
+    evaluated = cli("evaluate", "--model", out / "checkpoints" / "best.pt")
     assert evaluated.code == 0
     assert json.loads(evaluated.out)["test"] == metrics["test"]
     assert json.loads(evaluated.out)["intervals"] == metrics["intervals"]

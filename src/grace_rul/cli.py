@@ -107,9 +107,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "unit, with the normalisation stored with the model, plus its conformal interval "
         "coverage. MODEL is a run directory, a checkpoint, an exported model or an ensemble.",
     )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="run, checkpoint, model or ensemble directory")
-    which.add_argument("--checkpoint", dest="model", help="the same as --model (a best.pt)")
+    p.add_argument("--model", required=True, help="run, checkpoint, model or ensemble directory")
     p.add_argument(
         "--dataset",
         type=dataset_name,

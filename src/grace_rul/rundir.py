@@ -118,7 +118,8 @@ def history_row(
     (``protocol=paper`` only), ``score`` the selection score; counts so far."""
     return {
         "epoch": epoch, "lr": lr, "weight_decay": weight_decay,
-        "train_loss": sum(task_losses), **{f"loss_{t}": v for t, v in zip(TASKS, task_losses)},
+        "train_loss": sum(task_losses),
+        **{f"loss_{task}": loss for task, loss in zip(TASKS, task_losses)},
         "val_rmse": val_all["rmse"], "val_rmse_last": val_last["rmse"],
         "val_mae": val["mae"], "val_nasa_score": val["nasa_score"],
         "val_health_accuracy": val["health_accuracy"],

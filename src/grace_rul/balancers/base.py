@@ -113,7 +113,3 @@ class Balancer(nn.Module):
         return torch.full(
             (self.num_tasks,), 1.0 / self.num_tasks, dtype=like.dtype, device=like.device
         )
-
-    def describe(self) -> dict[str, Any]:
-        """Options of this instance, for logs and reports."""
-        return {}

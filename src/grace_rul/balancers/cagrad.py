@@ -135,6 +135,3 @@ class CAGrad(Balancer):
             mix = mix / (1.0 + self.c**2)
         mix = mix.to(m)
         return Combination(weights=self.uniform(m), shared_grad=mix @ m, raw=mix)
-
-    def describe(self) -> dict[str, float]:
-        return {"c": self.c}

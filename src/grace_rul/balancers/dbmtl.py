@@ -95,6 +95,3 @@ class DBMTL(Balancer):
         return Combination(
             weights=alpha / alpha.sum(), shared_grad=shared, head_weights=scale / k, raw=alpha
         )
-
-    def describe(self) -> dict[str, float]:
-        return {"beta": self.beta, "beta_sigma": self.beta_sigma, "eps": self.eps}

@@ -57,6 +57,3 @@ class DWA(Balancer):
         self.history[0] = self.history[1]
         self.history[1] = latest
         self.epochs_seen += 1
-
-    def describe(self) -> dict[str, float]:
-        return {"temperature": self.temperature}

@@ -28,9 +28,9 @@ from grace_rul.config import GRAD_SOURCES
 class StepGrads:
     """What one balanced backward produced, for the trainer's statistics and guards.
 
-    ``finite`` is False when a task gradient held NaN/Inf: nothing was written to
-    ``.grad`` and the balancer's state was not touched. With ``check_finite=False`` it is
-    a 0-d bool tensor instead, and that promise is the caller's to keep.
+    ``finite`` is a 0-d bool tensor, False when a task gradient held NaN/Inf (``True`` when
+    no task gradients were computed). It is not checked here: the caller does, and on False
+    skips the step, restores the balancer's state and clears ``.grad``.
     """
 
     finite: bool | Tensor
@@ -58,7 +58,6 @@ def balance_backward(
     last_layer_params: int = 0,
     want_task_grads: bool = False,
     scale: float = 1.0,
-    check_finite: bool = True,
 ) -> StepGrads:
     """Compute gradients of the K task ``losses`` as ``balancer`` decides and fill ``.grad``.
 
@@ -74,11 +73,9 @@ def balance_backward(
     ``grad_source="representation"``. The balancer's weights are always detached: a
     learnable balancer trains only through its ``auxiliary_loss``.
 
-    ``check_finite=False`` removes the one host synchronisation here: a non-finite task
-    gradient no longer stops the call, ``finite`` is returned as a 0-d bool tensor, and the
-    balancer and ``.grad`` may have seen the non-finite values. The caller then checks
-    ``finite`` with its own step check and, when it skips the step, restores the balancer's
-    state and clears ``.grad`` (the trainer does).
+    There is no host synchronisation here: a non-finite task gradient does not stop the
+    call, so the balancer and ``.grad`` may have seen it. The caller checks ``finite`` in its
+    own step check (the trainer's one sync per step) and undoes the step when it is False.
     """
     if grad_source not in GRAD_SOURCES:
         raise ValueError(f"grad_source must be 'params' or 'representation' (got {grad_source!r})")
@@ -100,7 +97,7 @@ def balance_backward(
     else:
         targets = list(shared)
     n = len(targets)
-    sizes = [t.numel() for t in targets]
+    sizes = [target.numel() for target in targets]
     # Each task's gradient is written once, straight into its row of the (K, P) matrix.
     matrix = torch.empty(k, sum(sizes), dtype=losses.dtype, device=losses.device)
     used = [False] * n
@@ -119,10 +116,6 @@ def balance_backward(
         head_grads.append(got[n:])
 
     finite = torch.isfinite(matrix).all()
-    if check_finite:
-        if not finite:
-            return StepGrads(finite=False)
-        finite = True
     true = matrix / scale if scale != 1.0 else matrix
     if grad_source == "representation" or not last_layer_params:
         last = slice(0, true.shape[1])

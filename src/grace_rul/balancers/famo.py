@@ -94,11 +94,8 @@ class FAMO(Balancer):
         grad = famo_logit_gradient(self.logits, delta) + self.gamma * self.logits
         b1, b2 = ADAM_BETAS
         self.adam_step += 1
-        t = int(self.adam_step)
+        step = int(self.adam_step)
         self.adam_m.mul_(b1).add_(grad, alpha=1.0 - b1)
         self.adam_v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-        denom = (self.adam_v / (1.0 - b2**t)).sqrt() + ADAM_EPS
-        self.logits.sub_(self.lr / (1.0 - b1**t) * self.adam_m / denom)
-
-    def describe(self) -> dict[str, float]:
-        return {"lr": self.lr, "gamma": self.gamma, "eps": self.eps}
+        denom = (self.adam_v / (1.0 - b2**step)).sqrt() + ADAM_EPS
+        self.logits.sub_(self.lr / (1.0 - b1**step) * self.adam_m / denom)

@@ -44,13 +44,9 @@ class Fixed(Balancer):
         total = sum(values)
         if total <= 0:
             raise ValueError("fixed 'weights' must not all be zero")
-        self.given = values
         # Configuration, not training state: kept out of state_dict (non-persistent).
         self.register_buffer("weights", torch.tensor([v / total for v in values]), persistent=False)
 
     def combine(self, losses: Tensor, grads: TaskGrads | None) -> Combination:
         w = self.weights.to(losses.dtype)
         return Combination(weights=w, raw=w)
-
-    def describe(self) -> dict[str, list[float]]:
-        return {"weights": self.given}

@@ -68,6 +68,3 @@ class GABA(Balancer):
             warm, self.uniform(self.smoothed), apply_floor(self.smoothed, self.floor)
         )
         return Combination(weights=weights, raw=raw, smoothed=self.smoothed.clone())
-
-    def describe(self) -> dict[str, float]:
-        return {"beta": self.beta, "warmup_steps": self.warmup_steps, "floor": self.floor}

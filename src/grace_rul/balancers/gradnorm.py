@@ -72,6 +72,3 @@ class GradNorm(Balancer):
         w = self.task_weights
         w.clamp_(min=1e-6)
         w.mul_(self.num_tasks / w.sum())
-
-    def describe(self) -> dict[str, float]:
-        return {"alpha": self.alpha}

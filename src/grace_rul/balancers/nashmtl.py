@@ -65,15 +65,15 @@ def _nash_newton(m: Tensor, iters: int = 100, tol: float = 1e-12) -> Tensor | No
             return alpha
         hess = m + torch.diag(1.0 / alpha**2)
         step = torch.linalg.solve(hess, grad)
-        t = 1.0
+        step_size = 1.0
         while True:  # backtracking: stay positive and decrease f
-            cand = alpha - t * step
+            cand = alpha - step_size * step
             if bool((cand > 0).all()):
                 fc = f(cand)
-                if fc <= fx - 1e-4 * t * float(grad @ step):
+                if fc <= fx - 1e-4 * step_size * float(grad @ step):
                     break
-            t *= 0.5
-            if t < 1e-12:
+            step_size *= 0.5
+            if step_size < 1e-12:
                 return None
         alpha, fx = cand, fc
         if float(alpha.max()) > 1e12:  # unbounded: no positive solution
@@ -132,6 +132,3 @@ class NashMTL(Balancer):
                 self.weights.copy_((alpha / alpha.sum()).to(self.weights))
         w = self.weights.to(losses.dtype)
         return Combination(weights=w, raw=w)
-
-    def describe(self) -> dict[str, int]:
-        return {"update_weights_every": self.update_weights_every}

@@ -71,6 +71,3 @@ class PCGrad(Balancer):
         coef = pcgrad_coefficients(gram, self._orders())
         mix = coef.mean(dim=0).to(m)  # shared gradient = mean_i g_i^PC = mix @ G
         return Combination(weights=self.uniform(m), shared_grad=mix @ m, raw=mix)
-
-    def describe(self) -> dict[str, int]:
-        return {"seed": self.seed}

@@ -74,14 +74,14 @@ SUMMARY_COLUMNS = [
     "protocol",
 ]
 FORMATS = ("markdown", "latex", "csv")  # grace table; HTML is Summary.to_html (the report)
-# (key, column in results, heading, decimals)
-METRICS = (
+# The test metrics every results table shows: (key, column in results, heading, decimals)
+TABLE_METRICS = (
     ("rmse", "rmse_last", "Test RMSE (last window)", 2),
     ("nasa", "nasa_score", "NASA score", 1),
 )
 # Cross-validated cells (data.folds >= 2) also show their CV score, beside the test score.
 CV_METRIC = ("cv", "cv_rmse", "CV score (out-of-fold RMSE, validation)", 2)
-DECIMALS = {key: decimals for key, _, _, decimals in (*METRICS, CV_METRIC)}
+DECIMALS = {key: decimals for key, _, _, decimals in (*TABLE_METRICS, CV_METRIC)}
 
 
 def collect_results(sweep_dir: str | Path, *, write: bool = True) -> pd.DataFrame:
@@ -181,7 +181,7 @@ class Summary:
     datasets: list[str]
     protocol: str
     counts: dict[str, int]
-    metrics: tuple[tuple[str, str, str, int], ...] = METRICS  # with CV_METRIC when folds
+    metrics: tuple[tuple[str, str, str, int], ...] = TABLE_METRICS  # with CV_METRIC when folds
 
     def _entry(self, balancer: str, dataset: str, key: str, pm: str) -> tuple[str, bool]:
         """One table entry of metric ``key``: its text and whether it is the subset's best."""
@@ -252,7 +252,7 @@ class Summary:
         for b in self.balancers:
             cells = []
             for d in self.datasets:
-                for key, _, _, _ in METRICS:
+                for key, _, _, _ in TABLE_METRICS:
                     text, best = self._entry(b, d, key, r"$\pm$")
                     text = text.replace("—", "---")
                     cells.append(rf"\textbf{{{text}}}" if best else text)
@@ -329,9 +329,9 @@ def summarise(df: pd.DataFrame) -> Summary:
     if missing:
         raise GraceError(f"results table lacks columns: {', '.join(sorted(missing))}")
     df = df.assign(balancer=row_labels(df))
-    keys = METRICS
+    keys = TABLE_METRICS
     if "cv_rmse" in df.columns and df["cv_rmse"].notna().any():
-        keys = (*METRICS, CV_METRIC)
+        keys = (*TABLE_METRICS, CV_METRIC)
     balancers = list(dict.fromkeys(df["balancer"].astype(str)))
     datasets = list(dict.fromkeys(df["dataset"].astype(str)))
     done = df[df["status"] == CellState.DONE]

@@ -21,12 +21,12 @@ from grace_rul.data import (
     test_windows,
 )
 from grace_rul.errors import GraceError
-from grace_rul.evaluation import test_metrics
 from grace_rul.inference.conformal import interval_metrics
 from grace_rul.inference.gracemodel import GraceModel
 from grace_rul.inference.loader import load_model
 from grace_rul.metrics import evaluate_predictions
 from grace_rul.resolve import config_from_dict
+from grace_rul.scoring import test_metrics
 
 SUMMARY_KEYS = ("rmse_last", "nasa_score", "mae", "health_accuracy")
 

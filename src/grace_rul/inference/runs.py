@@ -22,7 +22,6 @@ from grace_rul.checkpoint import load_checkpoint
 from grace_rul.config import Config
 from grace_rul.data import Normalizer, Split, dataset_kind, load_dataset, read_dataset
 from grace_rul.errors import GraceError
-from grace_rul.evaluation import load_inference_model
 from grace_rul.inference.conformal import (
     CAL_CUTS,
     CAL_SEED_OFFSET,
@@ -33,6 +32,7 @@ from grace_rul.inference.contract import DataContract
 from grace_rul.inference.gracemodel import GraceModel, Member
 from grace_rul.model import predict
 from grace_rul.rundir import RunDir
+from grace_rul.scoring import load_inference_model
 
 CHECKPOINT_KEYS = ("config", "inference", "normalizer", "feature_names")
 

@@ -29,14 +29,14 @@ class ModelEma:
     activations, so the EMA always uses the live model's current buffers — equivalent to copying
     them from the live model on every update, without the copy. Parameters with
     ``requires_grad=False`` at construction are treated the same way (never change, never
-    shadowed). ``swapped``, ``copy_to`` and ``averaged_state_dict`` therefore touch trainable
+    shadowed). ``swapped`` and ``averaged_state_dict`` therefore touch trainable
     parameters only and take everything else from the live model.
 
     Decay warm-up (``warmup=True``): the t-th update (t = updates already applied, from 0) uses
     ``min(decay, (1 + t) / (10 + t))`` so early, random weights are forgotten quickly.
 
     Device follows the model: when the model has moved, the shadow moves with it on the next
-    ``update``/``swapped``/``copy_to``.
+    ``update``/``swapped``.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = False) -> None:
@@ -119,13 +119,6 @@ class ModelEma:
             p.data = self.shadow[i]
             self.shadow[i] = live
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Overwrite the model's trainable weights with the EMA weights (in place, permanent)."""
-        params = self._params(model)
-        self._follow_device(params)
-        torch._foreach_copy_([p.data for p in params], self.shadow)
-
     def averaged_state_dict(self, model: nn.Module) -> OrderedDict[str, Tensor]:
         """``model.state_dict()`` with the EMA weights in place of the trainable parameters.
 
@@ -172,5 +165,7 @@ class ModelEma:
                     f"EMA state for {name!r} has shape {tuple(theirs.shape)}, "
                     f"model has {tuple(own.shape)}; was it saved with another config?"
                 )
-        torch._foreach_copy_(self.shadow, [t.to(s.device) for t, s in zip(saved, self.shadow)])
+        torch._foreach_copy_(
+            self.shadow, [theirs.to(own.device) for own, theirs in zip(self.shadow, saved)]
+        )
         self.num_updates = int(state["num_updates"])

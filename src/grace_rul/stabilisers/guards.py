@@ -121,15 +121,6 @@ class NonFiniteGuard:
         """A clean step: the consecutive-failure count starts again."""
         self.consecutive = 0
 
-    def report(self) -> str | None:
-        """One line for the run summary, or None when no step was skipped."""
-        if self.first_bad is None:
-            return None
-        e, b, w = self.first_bad
-        return (
-            f"skipped {self.total_skipped} non-finite step(s); first at epoch {e} batch {b} ({w})"
-        )
-
     def state_dict(self) -> dict[str, Any]:
         """Counters for resume."""
         return {
@@ -200,10 +191,6 @@ class SpikeDetector:
             self.level = self.momentum * self.level + (1.0 - self.momentum) * loss
         self.steps += 1
         return spike
-
-    def count(self, epoch: int) -> int:
-        """Number of spikes flagged in ``epoch``."""
-        return self.per_epoch.get(int(epoch), 0)
 
     def state_dict(self) -> dict[str, Any]:
         """Level, step count and the spike record, for resume."""

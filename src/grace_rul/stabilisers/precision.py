@@ -130,10 +130,6 @@ class Precision:
         if self.scaler is not None:
             self.scaler.update()
 
-    def backoff(self) -> None:
-        """Shrink the loss scale after a step skipped for non-finite gradients (fp16 only)."""
-        self.skip(overflow=True)
-
     def skip(self, *, overflow: bool) -> None:
         """End a step skipped after ``unscale_`` (fp16 only; nothing to do otherwise).
 
