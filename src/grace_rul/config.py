@@ -367,8 +367,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": _SMALL,
     # The default recipe: `small` over 40-cycle windows, chosen on validation scores only
-    # (README, Accuracy: FD001 seed 42, truncated validation RMSE 15.86 with 30-cycle
-    # windows, 14.36 with 40, 16.71 with 50). A dataset YAML's own window still wins.
+    # (docs/evidence/accuracy.md, recipe search). A dataset YAML's own window still wins.
     "default": {**_SMALL, "data": {"window": 40}},
     # Seconds per epoch; for tests and smoke runs, not for results.
     "tiny": {
@@ -388,8 +387,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# What `grace train` trains without --preset: the recipe with the best validation score per
-# CPU-minute measured so far (README, Accuracy). `paper` stays the write-up's exact settings.
+# What `grace train` trains without --preset (docs/evidence/accuracy.md); the dataclass
+# defaults are `paper`, the write-up's exact settings, kept as the reference point.
 DEFAULT_PRESET = "default"
 
 
