@@ -41,6 +41,7 @@ from grace_rul.config import PROTOCOL_LABELS, Config, Execution
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text
 from grace_rul.lock import LOCK_FILE, DirLock
+from grace_rul.resolve import check_resumable
 from grace_rul.rundir import MODEL_DIR, RunDir, fold_dir
 
 
@@ -59,6 +60,7 @@ def count_units(cfg: Config, data_dir: str | None = None) -> int:
 def train_folds(
     cfg: Config,
     out_dir: str | Path,
+    train_one: Callable[..., dict[str, Any]],
     *,
     execution: Execution | None = None,
     resume: bool = False,
@@ -68,13 +70,14 @@ def train_folds(
 ) -> dict[str, Any]:
     """Train the K fold runs of ``cfg`` into ``out_dir``; return its ``metrics.json``.
 
+    ``train_one`` trains one fold's run (:func:`grace_rul.trainer.train`, which calls this
+    for ``data.folds`` >= 2: passed in, so this module does not import the trainer).
+
     ``on_epoch(step, score)`` sees every fold's epochs on one axis (``step`` =
     ``(fold - 1) * train.epochs + epoch``, ``score`` the fold's best selection score so
     far): a tuner's pruning hook. ``score_test=False`` (tuning trials) builds no test
     split, scores none and writes no model directory.
     """
-    from grace_rul.trainer import check_resumable
-
     execution = execution or Execution()
     k = cfg.data.folds
     n_units = count_units(cfg, execution.data_dir)
@@ -93,18 +96,17 @@ def train_folds(
         if not resume:
             _clear_root(root)
         atomic_write_text(root / rundir.CONFIG, cfg.to_yaml())
-        return _train_folds(cfg, root, execution, score_test, on_epoch)
+        return _train_folds(cfg, root, train_one, execution, score_test, on_epoch)
 
 
 def _train_folds(
     cfg: Config,
     root: RunDir,
+    train_one: Callable[..., dict[str, Any]],
     execution: Execution,
     score_test: bool,
     on_epoch: Callable[[int, float], None] | None,
 ) -> dict[str, Any]:
-    from grace_rul.trainer import train
-
     k = cfg.data.folds
 
     fold_metrics: list[dict[str, Any]] = []
@@ -120,7 +122,7 @@ def _train_folds(
         if not again and sub.path.exists():
             shutil.rmtree(sub.path)  # killed in its first epoch: nothing to keep
         fold_metrics.append(
-            train(
+            train_one(
                 fold_config(cfg, f),
                 sub.path,
                 execution=execution,

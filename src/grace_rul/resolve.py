@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grace_rul.backbones import check_model
 from grace_rul.balancers import BALANCERS, check_balancer
@@ -27,6 +27,9 @@ from grace_rul.config import (
 )
 from grace_rul.data.datasets import dataset_defaults
 from grace_rul.errors import GraceError
+
+if TYPE_CHECKING:
+    from grace_rul.rundir import RunDir
 
 __all__ = ["check_config", "config_from_dict", "resolve_config"]
 
@@ -85,3 +88,34 @@ def check_config(cfg: Config) -> None:
     cfg.validate()
     check_model(cfg.model)
     check_balancer(cfg.balancer.name, cfg.balancer.options)
+
+
+# Settings a resume may change: extending a run to more epochs.
+EXTENDABLE_KEYS = ("train.epochs",)
+
+
+def check_resumable(run: RunDir, cfg: Config) -> None:
+    """Refuse to resume with settings that differ from the saved run (naming the keys)."""
+    try:
+        old = config_from_dict(run.read_config())
+    except GraceError as exc:
+        raise GraceError(f"cannot resume: {exc}") from None
+    extendable = EXTENDABLE_KEYS if cfg.train.schedule == "plateau" else ()
+    diff = [k for k in config_diff(old.to_dict(), cfg.to_dict()) if k not in extendable]
+    if diff:
+        raise GraceError(
+            f"cannot resume {run.path}: settings differ from the saved run: {', '.join(diff)}"
+        )
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (``options`` whole)."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and not name.endswith("options"):
+            keys += config_diff(va, vb, name + ".")
+        elif va != vb:
+            keys.append(name)
+    return keys

@@ -73,11 +73,12 @@ from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
 from grace_rul.config import PROTOCOL_LABELS, Config, Execution, TrainConfig
 from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows, window_rows
 from grace_rul.errors import GraceError
+from grace_rul.folds import train_folds
 from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.lock import DirLock
 from grace_rul.losses import TASKS, task_losses
 from grace_rul.model import DualTaskNet, count_parameters, predict
-from grace_rul.resolve import config_from_dict
+from grace_rul.resolve import EXTENDABLE_KEYS, check_resumable, config_diff
 from grace_rul.rundir import RunDir
 from grace_rul.scoring import score_split, test_metrics
 from grace_rul.stabilisers import (
@@ -90,8 +91,6 @@ from grace_rul.stabilisers import (
     seed_everything,
 )
 
-# Settings a resume may change: extending a run to more epochs.
-EXTENDABLE_KEYS = ("train.epochs",)
 # About this many training windows, evenly strided over every unit, set the RUL head's bias.
 RUL_BIAS_WINDOWS = 1024
 
@@ -187,10 +186,8 @@ def train(
     the run holds ``out_dir/.lock`` (:mod:`grace_rul.lock`), released however it ends.
     """
     if cfg.data.folds >= 2 and cfg.data.fold == 0:
-        from grace_rul.folds import train_folds
-
         return train_folds(
-            cfg, out_dir, execution=execution, resume=resume, overwrite=overwrite,
+            cfg, out_dir, train, execution=execution, resume=resume, overwrite=overwrite,
             score_test=score_test, on_epoch=on_epoch,
         )  # fmt: skip
     if not score_test and cfg.train.protocol == "paper":
@@ -651,7 +648,7 @@ def _check_last_config(run: RunDir, saved: dict[str, Any], cfg: Config) -> None:
     if saved.get("config_hash") == config_hash(cfg):
         return
     old = saved.get("config")
-    diff = _config_diff(old, cfg.to_dict()) if isinstance(old, dict) else ["config"]
+    diff = config_diff(old, cfg.to_dict()) if isinstance(old, dict) else ["config"]
     diff = [k for k in diff if k not in EXTENDABLE_KEYS]
     if "config_hash" in saved and not diff:
         diff = ["config_hash"]  # the stored config was edited after the hash was taken
@@ -671,32 +668,6 @@ def _check_loop_types(state: LoopState) -> None:
     ok = ok and isinstance(state.stopped, bool) and isinstance(state.grad_norms, list)
     if not ok or state.epoch < 0:
         raise TypeError("loop values have the wrong types")
-
-
-def check_resumable(run: RunDir, cfg: Config) -> None:
-    """Refuse to resume with settings that differ from the saved run (naming the keys)."""
-    try:
-        old = config_from_dict(run.read_config())
-    except GraceError as exc:
-        raise GraceError(f"cannot resume: {exc}") from None
-    extendable = EXTENDABLE_KEYS if cfg.train.schedule == "plateau" else ()
-    diff = [k for k in _config_diff(old.to_dict(), cfg.to_dict()) if k not in extendable]
-    if diff:
-        raise GraceError(
-            f"cannot resume {run.path}: settings differ from the saved run: {', '.join(diff)}"
-        )
-
-
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        name = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and not name.endswith("options"):
-            keys += _config_diff(va, vb, name + ".")
-        elif va != vb:
-            keys.append(name)
-    return keys
 
 
 # --------------------------------------------------------------------------- outputs
