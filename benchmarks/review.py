@@ -46,8 +46,8 @@ from grace_rul.config import DEFAULT_PRESET, Execution
 from grace_rul.experiments.executors import ExecutorSpec
 from grace_rul.experiments.grid import CellState, read_grid
 from grace_rul.experiments.significance import Footnotes, compare, power_note
+from grace_rul.experiments.summary import collect_results, row_labels
 from grace_rul.experiments.sweep import run_sweep
-from grace_rul.experiments.tables import collect_results, row_labels
 from grace_rul.io import atomic_write_text
 from grace_rul.resolve import resolve_config
 from readme_tables import replace_section

@@ -16,7 +16,7 @@ import torch
 
 from conftest import QUIET
 from grace_rul.errors import GraceError
-from grace_rul.experiments.tables import format_stat, results_frame, summarise
+from grace_rul.experiments.summary import format_stat, results_frame, summarise
 from grace_rul.reports import figures as F
 from grace_rul.reports import write_report
 from grace_rul.reports.commands import add_report_parser

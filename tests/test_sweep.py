@@ -27,8 +27,8 @@ from grace_rul.config import Execution
 from grace_rul.errors import GraceError
 from grace_rul.experiments.executors import ExecutorSpec, make_executor, threads_per_cell
 from grace_rul.experiments.grid import CellState, Grid, cell_dir
+from grace_rul.experiments.summary import collect_results, format_table, summarise
 from grace_rul.experiments.sweep import plan_cells, run_sweep
-from grace_rul.experiments.tables import collect_results, format_table, summarise
 from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir
 
 CELLS = ["FD001-equal-s42", "FD001-equal-s123", "FD001-gaba-s42", "FD001-gaba-s123"]

@@ -22,8 +22,8 @@ from grace_rul.experiments.significance import (
     paired_stats,
     smallest_wilcoxon_p,
 )
+from grace_rul.experiments.summary import collect_results, summarise
 from grace_rul.experiments.sweep import cell_overrides, check_vary, parse_vary, run_sweep
-from grace_rul.experiments.tables import collect_results, summarise
 
 GRID = dict(datasets=["FD001"], balancers=["gaba"], seeds=[42], preset="tiny")
 

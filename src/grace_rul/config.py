@@ -303,7 +303,12 @@ class BalancerConfig:
 
 @dataclass
 class Config:
-    """Everything that defines one training run."""
+    """Everything that defines one training run.
+
+    The field defaults are the write-up's recipe (preset ``paper``): the base layer every
+    preset sits on. What ``grace train`` trains without ``--preset`` is
+    ``resolve_config()``, i.e. the ``default`` preset (:data:`DEFAULT_PRESET`).
+    """
 
     preset: str = "paper"
     seed: int = 42

@@ -138,7 +138,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``grace table``: print a sweep's summary table."""
-    from grace_rul.experiments.tables import FORMATS
+    from grace_rul.experiments.summary import FORMATS
 
     p = subparsers.add_parser(
         "table",
@@ -166,7 +166,7 @@ def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from grace_rul.experiments.tables import collect_results, format_table
+    from grace_rul.experiments.summary import collect_results, format_table
 
     if args.baseline is None:
         sys.stdout.write(format_table(args.sweep_dir, args.fmt))

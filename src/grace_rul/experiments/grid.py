@@ -6,7 +6,7 @@ A sweep directory holds::
     runs/{dataset}-{balancer}-s{seed}[-{key}={value}...]/   one ordinary run dir per cell
     failures.json    cells that failed twice, with their error
     sweep.log        what each invocation did (skipped, resumed, wiped, failed)
-    results.csv, summary.md, summary.csv   the tables (grace_rul.experiments.tables)
+    results.csv, summary.md, summary.csv   the tables (grace_rul.experiments.summary)
     .lock            held by the running ``grace sweep`` (grace_rul.experiments.lock)
 
 A cell's run directory is read only through :class:`grace_rul.rundir.RunDir`.

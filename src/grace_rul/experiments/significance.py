@@ -90,7 +90,7 @@ def paired_stats(diffs: np.ndarray | list[float]) -> Paired:
 
 
 def _labels(df: pd.DataFrame) -> pd.Series:
-    from grace_rul.experiments.tables import row_labels
+    from grace_rul.experiments.summary import row_labels
 
     return row_labels(df)
 

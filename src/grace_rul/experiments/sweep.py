@@ -47,7 +47,7 @@ from grace_rul.experiments.grid import (
     write_grid,
 )
 from grace_rul.experiments.lock import sweep_lock
-from grace_rul.experiments.tables import Summary, write_tables
+from grace_rul.experiments.summary import Summary, write_tables
 from grace_rul.resolve import config_from_dict, resolve_config
 
 # Settings the grid axes own; a sweep's overrides may not set them.

@@ -18,7 +18,7 @@ import pandas as pd
 
 from grace_rul.errors import GraceError
 from grace_rul.experiments.grid import GRID_FILE, RESULTS_FILE, RUNS_DIR, read_grid
-from grace_rul.experiments.tables import (
+from grace_rul.experiments.summary import (
     Summary,
     collect_results,
     result_row,
