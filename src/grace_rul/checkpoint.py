@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from grace_rul.errors import GraceError
+from grace_rul.errors import GraceError, first_line
 from grace_rul.io import atomic_write
 
 
@@ -83,7 +83,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     except Exception as err:  # torch.load raises many types for damaged files
         raise GraceError(
-            f"checkpoint {path} is corrupt or truncated: {_first_line(err)}{_offer_best(path)}"
+            f"checkpoint {path} is corrupt or truncated: {first_line(err, None)}{_offer_best(path)}"
         ) from None
     if not isinstance(obj, dict):
         raise GraceError(
@@ -91,11 +91,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"expected a dict){_offer_best(path)}"
         )
     return obj
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _offer_best(path: Path) -> str:
