@@ -374,6 +374,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default recipe: `small` over 40-cycle windows, chosen on validation scores only
     # (docs/evidence/accuracy.md, recipe search). A dataset YAML's own window still wins.
     "default": {**_SMALL, "data": {"window": 40}},
+    # The default before the architecture search (issue 21), kept to reproduce 0.1 results.
+    "bilstm": {**_SMALL, "data": {"window": 40}},
     # Seconds per epoch; for tests and smoke runs, not for results.
     "tiny": {
         "model": {

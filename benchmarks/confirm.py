@@ -1,0 +1,116 @@
+"""Stage 2 of the accuracy search: re-score the study's leaders by CV on unseen seeds.
+
+    nohup python benchmarks/confirm.py --workers 2 > confirm.log 2>&1 &   # resumable
+    python benchmarks/confirm.py --table-only                             # CSV only
+
+A TPE study scores every trial on one seed (one set of folds, one initialisation), so its
+best trial is partly the luckiest. This trains each job of ``benchmarks/search/candidates.yaml``
+(candidate x dataset x seed) as a 3-fold CV run with no test split (as a tuning trial does)
+into ``runs/confirm/``, resuming interrupted ones, and writes one row per finished job to
+``benchmarks/results/confirm.csv``. Nothing here builds or scores the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import sys
+from pathlib import Path
+from typing import Any
+
+from grace_rul.config import Execution, merge_overrides, nested
+from grace_rul.io import load_yaml
+from grace_rul.resolve import resolve_config
+from grace_rul.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+CANDIDATES = ROOT / "benchmarks" / "search" / "candidates.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "confirm.csv"
+FOLDS = 3
+COLUMNS = [
+    "candidate", "dataset", "seed", "cv_rmse", "cv_std", "fold_rmse",
+    "cpu_seconds_per_model", "seconds", "threads", "protocol", "commit",
+]  # fmt: skip
+
+
+def jobs(doc: dict[str, Any]) -> list[tuple[str, str, int]]:
+    return [(p["candidate"], p["dataset"], int(s)) for p in doc["plan"] for s in p["seeds"]]
+
+
+def job_config(doc: dict[str, Any], name: str, dataset: str, seed: int) -> Any:
+    layers = dict(doc["candidates"][name])
+    preset = layers.pop("preset")
+    extra = nested([("data.dataset", dataset), ("data.folds", FOLDS), ("seed", seed)])
+    return resolve_config(preset, merge_overrides(layers, extra))
+
+
+def job_dir(runs: Path, name: str, dataset: str, seed: int) -> Path:
+    return runs / f"{name}-{dataset.lower()}-s{seed}"
+
+
+def run_job(args: tuple[dict[str, Any], Path, str, str, int]) -> str:
+    from grace_rul.trainer import train
+
+    doc, runs, name, dataset, seed = args
+    cfg = job_config(doc, name, dataset, seed)
+    path = job_dir(runs, name, dataset, seed)
+    run = RunDir(path)
+    if run.is_finished():
+        return f"{path.name}: finished"
+    resume = path.is_dir() and (path / "config.yaml").is_file()
+    execution = Execution(threads=1, quiet=True, progress=False)
+    m = train(cfg, path, execution=execution, resume=resume, score_test=False)
+    return f"{path.name}: CV RMSE {m['cv']['rmse']:.3f}"
+
+
+def collect(doc: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
+    rows = []
+    for name, dataset, seed in jobs(doc):
+        run = RunDir(job_dir(runs, name, dataset, seed))
+        if not run.is_finished():
+            continue
+        m = run.read_metrics()
+        rows.append({
+            "candidate": name, "dataset": dataset, "seed": seed,
+            "cv_rmse": round(m["cv"]["rmse"], 4), "cv_std": round(m["cv"]["std"], 4),
+            "fold_rmse": " ".join(f"{x:.3f}" for x in m["cv"]["fold_rmse"]),
+            "cpu_seconds_per_model": round(m["cpu_seconds_per_model"], 1),
+            "seconds": m.get("seconds", ""), "threads": m.get("threads", ""),
+            "protocol": m.get("protocol_label", ""), "commit": m.get("commit", ""),
+        })  # fmt: skip
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path = RESULTS) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=1, help="jobs at once (1 thread each)")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "confirm"))
+    ap.add_argument("--table-only", action="store_true", help="no training; rewrite the CSV")
+    args = ap.parse_args()
+    doc = load_yaml(CANDIDATES, "candidates")
+    runs = Path(args.runs)
+    if not args.table_only:
+        runs.mkdir(parents=True, exist_ok=True)
+        todo = [(doc, runs, *j) for j in jobs(doc)]
+        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+            for line in pool.imap(run_job, todo):
+                print(line, file=sys.stderr, flush=True)
+                write_csv(collect(doc, runs))
+    rows = collect(doc, runs)
+    write_csv(rows)
+    for r in rows:
+        print(f"{r['candidate']:20s} {r['dataset']} seed {r['seed']:>4}: CV {r['cv_rmse']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
