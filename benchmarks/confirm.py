@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing as mp
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from grace_rul.config import Execution, merge_overrides, nested
 from grace_rul.io import load_yaml
 from grace_rul.resolve import resolve_config
 from grace_rul.rundir import RunDir
+from readme_tables import replace_section, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 CANDIDATES = ROOT / "benchmarks" / "search" / "candidates.yaml"
@@ -82,13 +84,25 @@ def collect(doc: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path = RESULTS) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+def table(rows: list[dict[str, Any]]) -> str:
+    """One line per candidate and dataset: its CV RMSE on each seed, and their mean."""
+    lines = [
+        "| candidate | dataset | 3-fold CV RMSE per seed | mean ± sd over seeds "
+        "| CPU-s per fold model |",
+        "|---|---|---|---|---|",
+    ]
+    keys = dict.fromkeys((r["candidate"], r["dataset"]) for r in rows)
+    for name, dataset in keys:
+        mine = [r for r in rows if (r["candidate"], r["dataset"]) == (name, dataset)]
+        scores = [float(r["cv_rmse"]) for r in mine]
+        per_seed = ", ".join(f"{s:.2f} (seed {r['seed']})" for s, r in zip(scores, mine))
+        spread = f" ± {statistics.stdev(scores):.2f}" if len(scores) > 1 else ""
+        cpu = statistics.mean(float(r["cpu_seconds_per_model"]) for r in mine)
+        lines.append(
+            f"| `{name}` | {dataset} | {per_seed} | {statistics.mean(scores):.2f}{spread} "
+            f"(n={len(scores)}) | {cpu:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -105,11 +119,14 @@ def main() -> None:
         with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
             for line in pool.imap(run_job, todo):
                 print(line, file=sys.stderr, flush=True)
-                write_csv(collect(doc, runs))
-    rows = collect(doc, runs)
-    write_csv(rows)
-    for r in rows:
-        print(f"{r['candidate']:20s} {r['dataset']} seed {r['seed']:>4}: CV {r['cv_rmse']:.3f}")
+                write_rows(RESULTS, COLUMNS, collect(doc, runs))
+    if runs.is_dir():
+        rows = collect(doc, runs)
+        write_rows(RESULTS, COLUMNS, rows)
+    else:  # no runs here: the committed CSV is the evidence
+        rows = list(csv.DictReader(open(RESULTS, newline=""))) if RESULTS.is_file() else []
+    replace_section("confirm", table(rows))
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ DOCS = ROOT / "docs"
 PAGES: dict[str, tuple[Path, ...]] = {
     "accuracy": (README, DOCS / "evidence" / "accuracy.md"),
     "recipe": (DOCS / "evidence" / "accuracy.md",),
+    "search-fd001": (DOCS / "evidence" / "accuracy.md",),
+    "search-fd002": (DOCS / "evidence" / "accuracy.md",),
+    "confirm": (DOCS / "evidence" / "accuracy.md",),
     "review-balancers": (DOCS / "evidence" / "review.md",),
     "review-stabilisers": (DOCS / "evidence" / "review.md",),
     "precision": (DOCS / "evidence" / "performance.md",),

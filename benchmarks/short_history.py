@@ -42,7 +42,13 @@ def short_history_errors(run: str, first: int, last: int) -> tuple[int, np.ndarr
             frames.append(rows[rows["cycle"] <= cut].assign(unit=k * 10_000 + cut))
             truth.append(min(len(rows) - cut, cfg.data.max_rul))
     frame = pd.concat(frames).reset_index(drop=True)
-    windows = make_windows(data.normalizer.transform(frame), frame, cfg.data.window, True)
+    windows = make_windows(
+        data.normalizer.transform(frame),
+        frame,
+        cfg.data.window,
+        True,
+        summary=cfg.data.window_features,
+    )
     rul, _ = predict(model, windows.x)
     return cfg.data.window, rul.numpy() - np.asarray(truth, dtype=np.float64)
 

@@ -438,3 +438,30 @@ def test_patience_replay_finds_where_a_run_would_stop(tmp_path, monkeypatch):
     rows = {r["patience"]: r for r in patience.rows(histories, [2, 3])}
     assert rows[2]["same_selected_epoch"] == 0 and rows[3]["same_selected_epoch"] == 1
     assert rows[3]["epochs_run"] == 8 and rows[3]["epochs_saved_pct"] == pytest.approx(11.1)
+
+
+def test_accuracy_table_pairs_recipes_with_the_old_default_by_seed(monkeypatch):
+    accuracy = _load_benchmark("accuracy", monkeypatch)
+
+    def row(recipe, kind, seed, rmse):
+        r = dict.fromkeys(accuracy.COLUMNS, "")
+        r.update(recipe=recipe, kind=kind, subset="FD001", seed=str(seed), rmse_last=str(rmse))
+        r.update(nasa_score="300", mae="10", health_accuracy="0.8", coverage_80="0.8",
+                 width_80="30", coverage_90="0.9", width_90="40", epochs_run="20",
+                 best_epoch="12", cpu_seconds="600")  # fmt: skip
+        return r
+
+    base = {42: 16.0, 123: 15.0, 456: 17.0}
+    rows = [row("bilstm", "single", s, v) for s, v in base.items()]
+    rows += [row("default", "single", s, v - d) for (s, v), d in zip(base.items(), (3, 2, 4))]
+    rows += [row("default", "single", 999, 1.0)]  # no baseline run for this seed: unpaired
+    rows += [row("default-5fold", "folds", s, v - 4) for s, v in base.items()]
+    text = accuracy.table(rows)
+    lines = {line.split(" | ")[1]: line for line in text.splitlines() if "| FD001 |" in line}
+    # the paired mean over the 3 shared seeds: -(3 + 2 + 4) / 3; seed 999 is left out
+    assert "| -3.00 [" in lines["`default`"] and "(n=3)" in lines["`default`"]
+    assert "| 10.00 ± 6.00 (n=4) |" in lines["`default`"]
+    assert "| ≤ 12.0 |" in lines["`default-5fold` (5-fold ensemble)"]
+    assert "| -4.00 [-4.00, -4.00], p=0.250 (n=3) |" in lines["`default-5fold` (5-fold ensemble)"]
+    assert "| FD002 | `default` | — |" in text  # the default's rows stand even before runs
+    assert "| 11.50 | 16.14 | 11.35 | 20.00 |" in text  # the quoted anchors
