@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
+from grace_rul import config  # noqa: E402
 from grace_rul.cli import main  # noqa: E402
 from grace_rul.errors import GraceError  # noqa: E402
 from grace_rul.experiments import tune  # noqa: E402
@@ -264,6 +266,27 @@ def test_a_study_directory_of_another_space_or_dataset_is_refused_unless_extend(
     assert result.code == 2 and "another dataset" in result.err
     # --extend continues it with the new space (4 trials are already there: nothing to run)
     assert cli("tune", *base, "--space", other, "--extend").code == 0
+
+
+def test_a_study_whose_preset_changed_values_is_refused_naming_them(
+    killed_and_resumed, tmp_path, cli, monkeypatch
+):
+    """A preset keeps its name across versions, not its values (0.1's `default` is not
+    0.2's): study.yaml holds the resolved base config, and a restart compares it."""
+    out = tmp_path / "study"
+    shutil.copytree(killed_and_resumed, out)
+    saved = yaml.safe_load((out / "study.yaml").read_text())
+    assert saved["settings"]["train"]["epochs"] == 1
+    space = _space(tmp_path, saved["space"])  # another test may have extended the fixture's
+    tiny = config.PRESETS["tiny"]
+    monkeypatch.setitem(config.PRESETS, "tiny", {**tiny, "train": {**tiny["train"], "lr": 0.5}})
+    base = [*BASE, "--epochs", "1", "--trials", "4", "--space", space, "--out", out]
+    result = cli("tune", *base)
+    assert result.code == 2 and len(result.err_lines) == 1
+    assert "base settings have changed since it started (train.lr;" in result.err
+    assert cli("tune", *base, "--extend").code == 0  # 4 trials already there: nothing runs
+    saved = yaml.safe_load((out / "study.yaml").read_text())
+    assert saved["settings"]["train"]["lr"] == 0.5
 
 
 def test_missing_optuna_is_one_line_naming_the_extra(monkeypatch, tmp_path, cli):

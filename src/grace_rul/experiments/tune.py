@@ -60,13 +60,14 @@ from grace_rul import rundir
 from grace_rul.config import Config, Execution, config_keys, merge_overrides, nested
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text, load_yaml
-from grace_rul.resolve import resolve_config
+from grace_rul.resolve import config_diff, resolve_config
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
 OBJECTIVES = {"rmse": ("minimize",), "rmse,cpu": ("minimize", "minimize")}
 # Keys a study is defined by, not searched over.
 FIXED_KEYS = ("preset", "seed", "data.dataset", "data.folds", "data.fold", "train.protocol")
 STUDY_FILE = "study.yaml"
+SETTINGS_KEY = "settings"  # study.yaml: the resolved base config of every trial
 STUDY_DB = "study.db"
 TRIALS_DIR = "trials"
 TRIALS_CSV = "trials.csv"
@@ -308,8 +309,12 @@ def prepare_study(spec: TuneSpec, extend: bool = False) -> Any:
     if out.exists() and not out.is_dir():
         raise GraceError(f"--out {out} exists and is not a directory")
     path = out / STUDY_FILE
+    # The resolved base config, saved beside its definition: a preset whose values changed
+    # between versions (0.1's `default` is not 0.2's) keeps its name, not its trials' base.
+    settings = base_config(spec).to_dict()
     if path.is_file():
         saved = load_yaml(path, "study file")
+        old_settings = saved.pop(SETTINGS_KEY, None)
         if saved != spec.defining() and not extend:
             diff = [k for k in spec.defining() if saved.get(k) != spec.defining()[k]]
             if "base" in diff:  # name the settings: "base settings (data.window)"
@@ -319,6 +324,13 @@ def prepare_study(spec: TuneSpec, extend: bool = False) -> Any:
             raise GraceError(
                 f"{out} holds a study with another {', '.join(diff)} (use --extend to continue "
                 "it with these settings, or another --out)"
+            )
+        if old_settings is not None and old_settings != settings and not extend:
+            keys = config_diff(old_settings, settings)
+            raise GraceError(
+                f"{out} holds a study whose base settings have changed since it started "
+                f"({', '.join(keys)}; the preset or GRACE changed): use --extend to continue "
+                "it with today's, or another --out"
             )
     elif out.is_dir() and any(out.iterdir()):
         raise GraceError(f"--out {out} is not empty and holds no {STUDY_FILE}")
@@ -338,7 +350,8 @@ def prepare_study(spec: TuneSpec, extend: bool = False) -> Any:
         )  # fmt: skip
     except ValueError as exc:  # e.g. the same study name with other directions
         raise GraceError(f"study {spec.study_name}: {exc}") from None
-    atomic_write_text(path, yaml.safe_dump(spec.defining(), sort_keys=False))
+    doc = {**spec.defining(), SETTINGS_KEY: settings}
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
     return study
 
 
