@@ -135,11 +135,17 @@ def ensemble_rows(recipe: str, sweep_dir: Path, grid) -> list[dict]:
     return rows
 
 
-def merged_rows(rows: list[dict], recipe: str) -> list[dict]:
-    """This sweep's rows plus the committed rows of other recipes (earlier recipes stay)."""
+def _key(row: dict) -> tuple[str, str, str, str]:
+    return row["recipe"], row["kind"], row["subset"], str(row["seed"])
+
+
+def merged_rows(rows: list[dict]) -> list[dict]:
+    """This sweep's rows plus the committed rows it does not replace: other recipes, and
+    subsets or seeds trained in an earlier session whose run directories are not here."""
+    new = {_key(r) for r in rows}
     kept = []
     if RESULTS.is_file():
-        kept = [r for r in csv.DictReader(open(RESULTS, newline="")) if r["recipe"] != recipe]
+        kept = [r for r in csv.DictReader(open(RESULTS, newline="")) if _key(r) not in new]
     return kept + rows
 
 
@@ -244,7 +250,7 @@ def main() -> None:
             extend=True,
         )
     if (sweep_dir / "sweep.yaml").is_file():
-        rows = merged_rows(collect(args.recipe, sweep_dir), args.recipe)
+        rows = merged_rows(collect(args.recipe, sweep_dir))
         write_rows(RESULTS, COLUMNS, rows)
     else:  # no runs here: the committed CSV is the evidence
         rows = list(csv.DictReader(open(RESULTS, newline=""))) if RESULTS.is_file() else []

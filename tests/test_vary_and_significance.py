@@ -465,3 +465,24 @@ def test_accuracy_table_pairs_recipes_with_the_old_default_by_seed(monkeypatch):
     assert "| -4.00 [-4.00, -4.00], p=0.250 (n=3) |" in lines["`default-5fold` (5-fold ensemble)"]
     assert "| FD002 | `default` | — |" in text  # the default's rows stand even before runs
     assert "| 11.50 | 16.14 | 11.35 | 20.00 |" in text  # the quoted anchors
+
+
+def test_accuracy_csv_keeps_committed_rows_a_new_sweep_does_not_replace(tmp_path, monkeypatch):
+    accuracy = _load_benchmark("accuracy", monkeypatch)
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "accuracy.csv")
+
+    def row(recipe, subset, seed, rmse):
+        return {**dict.fromkeys(accuracy.COLUMNS, ""), "recipe": recipe, "kind": "single",
+                "subset": subset, "seed": str(seed), "rmse_last": str(rmse)}  # fmt: skip
+
+    committed = [row("default", "FD001", 42, 12.0), row("default", "FD003", 42, 13.0),
+                 row("bilstm", "FD003", 42, 15.0)]  # fmt: skip
+    accuracy.write_rows(accuracy.RESULTS, accuracy.COLUMNS, committed)
+    # a later session trains FD003 again (and FD002) in a fresh sweep; FD001's runs are gone
+    merged = accuracy.merged_rows(
+        [row("default", "FD003", 42, 12.5), row("default", "FD002", 42, 14)]
+    )
+    got = {(r["recipe"], r["subset"]): r["rmse_last"] for r in merged}
+    assert got == {("default", "FD001"): "12.0", ("default", "FD003"): "12.5",
+                   ("bilstm", "FD003"): "15.0", ("default", "FD002"): "14"}  # fmt: skip
+    assert len(merged) == 4
