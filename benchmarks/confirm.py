@@ -7,7 +7,8 @@ A TPE study scores every trial on one seed (one set of folds, one initialisation
 best trial is partly the luckiest. This trains each job of ``benchmarks/search/candidates.yaml``
 (candidate x dataset x seed) as a 3-fold CV run with no test split (as a tuning trial does)
 into ``runs/confirm/``, resuming interrupted ones, and writes one row per finished job to
-``benchmarks/results/confirm.csv``. Nothing here builds or scores the test set.
+``benchmarks/results/confirm.csv``; a job with a committed row is not trained again.
+Nothing here builds or scores the test set.
 """
 
 from __future__ import annotations
@@ -66,13 +67,23 @@ def run_job(args: tuple[dict[str, Any], Path, str, str, int]) -> str:
     return f"{path.name}: CV RMSE {m['cv']['rmse']:.3f}"
 
 
+def committed() -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The rows of earlier sessions (their run directories are not committed)."""
+    if not RESULTS.is_file():
+        return {}
+    rows = csv.DictReader(open(RESULTS, newline=""))
+    return {(r["candidate"], r["dataset"], int(r["seed"])): r for r in rows}
+
+
 def collect(doc: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
-    rows = []
+    """A row per finished job: from its run directory, else as committed."""
+    rows, done = [], committed()
     for name, dataset, seed in jobs(doc):
-        run = RunDir(job_dir(runs, name, dataset, seed))
-        if not run.is_finished():
+        if not RunDir(job_dir(runs, name, dataset, seed)).is_finished():
+            if (name, dataset, seed) in done:
+                rows.append(done[(name, dataset, seed)])
             continue
-        m = run.read_metrics()
+        m = RunDir(job_dir(runs, name, dataset, seed)).read_metrics()
         rows.append({
             "candidate": name, "dataset": dataset, "seed": seed,
             "cv_rmse": round(m["cv"]["rmse"], 4), "cv_std": round(m["cv"]["std"], 4),
@@ -115,16 +126,13 @@ def main() -> None:
     runs = Path(args.runs)
     if not args.table_only:
         runs.mkdir(parents=True, exist_ok=True)
-        todo = [(doc, runs, *j) for j in jobs(doc)]
+        todo = [(doc, runs, *j) for j in jobs(doc) if j not in committed()]
         with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
             for line in pool.imap(run_job, todo):
                 print(line, file=sys.stderr, flush=True)
                 write_rows(RESULTS, COLUMNS, collect(doc, runs))
-    if runs.is_dir():
-        rows = collect(doc, runs)
-        write_rows(RESULTS, COLUMNS, rows)
-    else:  # no runs here: the committed CSV is the evidence
-        rows = list(csv.DictReader(open(RESULTS, newline=""))) if RESULTS.is_file() else []
+    rows = collect(doc, runs)
+    write_rows(RESULTS, COLUMNS, rows)
     replace_section("confirm", table(rows))
     print(table(rows))
 
