@@ -43,7 +43,15 @@ def arch_config(arch: str, balancer: str = "gaba", epochs: int = 2, **model):
 def test_the_registry_and_the_default():
     assert set(BACKBONES) == set(ARCHS)
     assert resolve_config("paper").model.arch == DEFAULT_ARCH == "cnn_bilstm_attention"
-    assert resolve_config("default").model.arch == DEFAULT_ARCH
+    assert resolve_config("bilstm").model.arch == DEFAULT_ARCH  # 0.1's default
+    # the accuracy search's choice (docs/evidence/accuracy.md)
+    default = resolve_config("default")
+    assert (default.model.arch, default.data.window, default.data.window_features) == (
+        "dcnn",
+        50,
+        True,
+    )
+    assert (default.data.scaling, default.train.swa_start) == ("minmax", 15)
     # The write-up's network is unchanged behind the registry (test_model.py pins the rest).
     assert count_parameters(build_model(resolve_config("paper").model)) == 3_401_028
 
