@@ -1,7 +1,7 @@
 """Stage 2 of the accuracy search: re-score the study's leaders by CV on unseen seeds.
 
     nohup python benchmarks/confirm.py --workers 2 > confirm.log 2>&1 &   # resumable
-    python benchmarks/confirm.py --table-only                             # CSV only
+    python benchmarks/confirm.py --table-only                 # CSV and table, no training
 
 A TPE study scores every trial on one seed (one set of folds, one initialisation), so its
 best trial is partly the luckiest. This trains each job of ``benchmarks/search/candidates.yaml``
