@@ -1,10 +1,10 @@
-"""Is bf16 autocast as accurate as fp32? The default preset on FD001, three seeds, paired.
+"""Is bf16 autocast as accurate as fp32? 0.1's default (`bilstm`) on FD001, 3 seeds, paired.
 
     nohup python benchmarks/precision.py > precision.log 2>&1 &   # trains the bf16 runs
     python benchmarks/precision.py --table-only                    # rewrite CSV + table
 
 ``--precision auto`` trains under bf16 autocast where the device computes bf16 natively and
-in fp32 elsewhere. The fp32 runs are the accuracy grid's (``runs/accuracy-default``, made by
+in fp32 elsewhere. The fp32 runs are the accuracy grid's (``runs/accuracy-bilstm``, made by
 ``benchmarks/accuracy.py`` on a CPU without native bf16, where ``auto`` is fp32): FD001,
 ``gaba``, seeds 42 123 456. This script trains the same cells with only
 ``train.precision=bf16`` changed, as a resumable sweep in ``runs/precision-bf16``, pairs the
@@ -18,7 +18,7 @@ compares two finished recipes and chooses nothing.
 
 The fp32 runs were trained with early-stopping patience 15, the default before it became
 8; replaying their histories (``benchmarks/patience.py``) shows patience 8 selects the same
-epoch in every one, so both arms are the current default recipe.
+epoch in every one, so both arms are one recipe.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from grace_rul.config import DEFAULT_PRESET
 from grace_rul.resolve import resolve_config
 from readme_tables import replace_section
-from review import arms_frame, markdown, read_csv, summary_rows, train_arm, write_csv
+from review import PRESET, arms_frame, markdown, read_csv, summary_rows, train_arm, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "precision.csv"
@@ -48,19 +47,19 @@ def tables(
     """The CSV from both sweeps (kept as it is when neither exists), then the table."""
     df = arms_frame({FP32: fp32_dir, BF16: bf16_dir}, DATASETS, SEEDS)
     if not df.empty:
-        write_csv(results, summary_rows("precision", df, FP32, DEFAULT_PRESET, epochs))
+        write_csv(results, summary_rows("precision", df, FP32, PRESET, epochs))
     replace_section("precision", markdown(read_csv(results), FP32, SEEDS), readme)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="cells in parallel (1 thread each)")
-    ap.add_argument("--fp32", type=Path, default=ROOT / "runs" / f"accuracy-{DEFAULT_PRESET}",
+    ap.add_argument("--fp32", type=Path, default=ROOT / "runs" / f"accuracy-{PRESET}",
                     help="the accuracy grid's sweep directory (the fp32 runs)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "precision-bf16")
     ap.add_argument("--table-only", action="store_true", help="only rewrite the CSV and the table")
     args = ap.parse_args(argv)
-    epochs = resolve_config(DEFAULT_PRESET).train.epochs
+    epochs = resolve_config(PRESET).train.epochs
     if not args.table_only:
         train_arm(args.out, DATASETS, SEEDS, {"train": {"precision": "bf16"}}, args.workers)
     tables(args.fp32, args.out, dict.fromkeys(DATASETS, f"up to {epochs}"))
