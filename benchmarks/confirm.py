@@ -79,11 +79,12 @@ def collect(doc: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
     """A row per finished job: from its run directory, else as committed."""
     rows, done = [], committed()
     for name, dataset, seed in jobs(doc):
-        if not RunDir(job_dir(runs, name, dataset, seed)).is_finished():
+        run = RunDir(job_dir(runs, name, dataset, seed))
+        if not run.is_finished():
             if (name, dataset, seed) in done:
                 rows.append(done[(name, dataset, seed)])
             continue
-        m = RunDir(job_dir(runs, name, dataset, seed)).read_metrics()
+        m = run.read_metrics()
         rows.append({
             "candidate": name, "dataset": dataset, "seed": seed,
             "cv_rmse": round(m["cv"]["rmse"], 4), "cv_std": round(m["cv"]["std"], 4),
@@ -126,7 +127,8 @@ def main() -> None:
     runs = Path(args.runs)
     if not args.table_only:
         runs.mkdir(parents=True, exist_ok=True)
-        todo = [(doc, runs, *j) for j in jobs(doc) if j not in committed()]
+        done = committed()
+        todo = [(doc, runs, *j) for j in jobs(doc) if j not in done]
         with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
             for line in pool.imap(run_job, todo):
                 print(line, file=sys.stderr, flush=True)
