@@ -14,7 +14,9 @@ recipes not trained here kept as committed - and regenerates the accuracy table 
 Every number comes from the test set scored once at the end of a finished run; nothing
 here chooses anything. Each recipe is compared with the pre-search default (``bilstm``) on
 the same seeds: paired mean difference, 95 % t-interval, two-sided Wilcoxon p (with five
-pairs the smallest p the test can give is 0.0625).
+pairs the smallest p the test can give is 0.0625). Every run is float32 (:data:`PINNED`):
+``train.precision=auto`` would train bf16 on an AMX CPU and fp32 on an AVX2 one, and the
+rows of one table come from both.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from grace_rul.config import Execution
+from grace_rul.config import Execution, merge_overrides
 from grace_rul.experiments.executors import ExecutorSpec
 from grace_rul.experiments.grid import CellState, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.significance import paired_stats
@@ -53,6 +55,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {
     # Li, Ding & Sun 2018's network and window, trained with GRACE's protocol and recipe.
     "dcnn": ("bilstm", {"model": {"arch": "dcnn"}, "data": {"window": 30}}, "Li et al. DCNN"),
 }
+# Added to every recipe, so that rows trained on different CPUs measure the same thing.
+PINNED: dict[str, Any] = {"train": {"precision": "32"}}
 # Published or public-code figures, quoted (not re-run here): last-window test RMSE, cap 125.
 ANCHORS = [
     ("NAS transformer, best architecture (mohyunho/NAS_transformer)",
@@ -234,7 +238,8 @@ def main() -> None:
     ap.add_argument("--out", help="sweep directory (default: runs/accuracy-RECIPE)")
     ap.add_argument("--table-only", action="store_true", help="no training; rewrite the tables")
     args = ap.parse_args()
-    preset, overrides, _ = RECIPES[args.recipe]
+    preset, recipe_overrides, _ = RECIPES[args.recipe]
+    overrides = merge_overrides(recipe_overrides, PINNED)
     sweep_dir = Path(args.out or ROOT / "runs" / f"accuracy-{args.recipe}")
     if not args.table_only:
         resolve_config(preset, overrides)  # refuse a bad recipe before anything starts
