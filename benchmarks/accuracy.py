@@ -75,7 +75,7 @@ COLUMNS = [
     "recipe", "kind", "subset", "seed", "preset", "balancer", "rmse_last", "nasa_score",
     "mae", "health_accuracy", "coverage_80", "width_80", "coverage_90", "width_90",
     "best_epoch", "epochs_run", "seconds", "cpu_seconds", "threads",
-    "precision", "protocol", "commit",
+    "precision", "cpu", "protocol", "commit",
 ]  # fmt: skip
 
 
@@ -103,6 +103,7 @@ def _row(recipe: str, kind: str, subset: str, seed: str, m: dict) -> dict:
         "cpu_seconds": m.get("cpu_seconds", ""),
         "threads": m.get("threads", ""),
         "precision": m.get("precision", ""),
+        "cpu": m.get("cpu", ""),
         "protocol": m.get("protocol_label", ""),
         "commit": m.get("commit", ""),
     }

@@ -8,7 +8,8 @@ best trial is partly the luckiest. This trains each job of ``benchmarks/search/c
 (candidate x dataset x seed) as a 3-fold CV run with no test split (as a tuning trial does)
 into ``runs/confirm/``, resuming interrupted ones, and writes one row per finished job to
 ``benchmarks/results/confirm.csv``; a job with a committed row is not trained again.
-Nothing here builds or scores the test set.
+Nothing here builds or scores the test set. Every job is float32 (:data:`PINNED`), whichever
+CPU trains it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "confirm.csv"
 FOLDS = 3
 COLUMNS = [
     "candidate", "dataset", "seed", "cv_rmse", "cv_std", "fold_rmse",
-    "cpu_seconds_per_model", "seconds", "threads", "protocol", "commit",
+    "cpu_seconds_per_model", "seconds", "threads", "cpu", "protocol", "commit",
 ]  # fmt: skip
+# train.precision=auto trains bf16 on an AMX CPU and fp32 on an AVX2 one.
+PINNED = {"train": {"precision": "32"}}
 
 
 def jobs(doc: dict[str, Any]) -> list[tuple[str, str, int]]:
@@ -45,7 +48,7 @@ def job_config(doc: dict[str, Any], name: str, dataset: str, seed: int) -> Any:
     layers = dict(doc["candidates"][name])
     preset = layers.pop("preset")
     extra = nested([("data.dataset", dataset), ("data.folds", FOLDS), ("seed", seed)])
-    return resolve_config(preset, merge_overrides(layers, extra))
+    return resolve_config(preset, merge_overrides(layers, extra, PINNED))
 
 
 def job_dir(runs: Path, name: str, dataset: str, seed: int) -> Path:
@@ -91,7 +94,8 @@ def collect(doc: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
             "fold_rmse": " ".join(f"{x:.3f}" for x in m["cv"]["fold_rmse"]),
             "cpu_seconds_per_model": round(m["cpu_seconds_per_model"], 1),
             "seconds": m.get("seconds", ""), "threads": m.get("threads", ""),
-            "protocol": m.get("protocol_label", ""), "commit": m.get("commit", ""),
+            "cpu": m.get("cpu", ""), "protocol": m.get("protocol_label", ""),
+            "commit": m.get("commit", ""),
         })  # fmt: skip
     return rows
 

@@ -33,3 +33,20 @@ def test_import_grace_rul_does_not_load_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_cpu_model_names_the_cpu_and_its_matrix_isa(tmp_path):
+    import platform
+
+    import grace_rul
+
+    info = tmp_path / "cpuinfo"
+    for flags, isa in (("fpu avx2 avx512f amx_tile", "AMX"), ("fpu avx2 avx512f", "AVX-512"),
+                       ("fpu sse4_2 avx2", "AVX2")):  # fmt: skip
+        info.write_text(f"processor\t: 0\nmodel name\t: Test CPU 9\nflags\t\t: {flags}\n")
+        grace_rul.cpu_model.cache_clear()
+        assert grace_rul.cpu_model(str(info)) == f"Test CPU 9 ({isa})"
+    grace_rul.cpu_model.cache_clear()
+    assert grace_rul.cpu_model(str(tmp_path / "absent")) == (
+        platform.processor() or platform.machine()
+    )

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import grace_rul
 from grace_rul.checkpoint import atomic_torch_save
 from grace_rul.config import Execution
 from grace_rul.errors import GraceError
@@ -87,6 +88,7 @@ def test_sweep_trains_every_cell_into_run_dirs(base):
         cfg = yaml.safe_load((sweep / "runs" / name / "config.yaml").read_text())
         assert cfg["preset"] == "tiny" and "threads" not in cfg["train"]
         assert m["threads"] == 1  # an execution setting: in metrics.json, not in the config
+        assert m["cpu"] == grace_rul.cpu_model() and m["cpu"]  # what timed it
     assert not (sweep / "failures.json").exists()
     for f in ("results.csv", "summary.md", "summary.csv", "sweep.log"):
         assert (sweep / f).is_file()

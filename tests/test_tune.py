@@ -21,6 +21,7 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
+import grace_rul  # noqa: E402
 from grace_rul import config  # noqa: E402
 from grace_rul.cli import main  # noqa: E402
 from grace_rul.errors import GraceError  # noqa: E402
@@ -166,6 +167,7 @@ def test_two_objectives_give_a_pareto_front(tmp_path, capsys):
     assert code == 0
     front = pd.read_csv(out / "pareto.csv")
     assert {"cv_rmse", "cpu_seconds_per_model"} <= set(front.columns) and len(front) >= 1
+    assert {t.user_attrs["cpu"] for t in _finished(_study(out))} == {grace_rul.cpu_model()}
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "tune_pareto.png").is_file()
 

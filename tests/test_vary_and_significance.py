@@ -486,3 +486,50 @@ def test_accuracy_csv_keeps_committed_rows_a_new_sweep_does_not_replace(tmp_path
     assert got == {("default", "FD001"): "12.0", ("default", "FD003"): "12.5",
                    ("bilstm", "FD003"): "15.0", ("default", "FD002"): "14"}  # fmt: skip
     assert len(merged) == 4
+
+
+def test_confirm_jobs_are_pinned_cv_runs_and_committed_rows_stand(tmp_path, monkeypatch):
+    confirm = _load_benchmark("confirm", monkeypatch)
+    monkeypatch.setattr(confirm, "RESULTS", tmp_path / "confirm.csv")
+    doc = {"candidates": {"a": {"preset": "tiny", "data": {"window": 10}}, "b": {"preset": "tiny"}},
+           "plan": [{"candidate": "a", "dataset": "FD001", "seeds": [1, 2]},
+                    {"candidate": "b", "dataset": "FD001", "seeds": [1]}]}  # fmt: skip
+    assert confirm.jobs(doc) == [("a", "FD001", 1), ("a", "FD001", 2), ("b", "FD001", 1)]
+    cfg = confirm.job_config(doc, "a", "FD001", 2)
+    assert (cfg.seed, cfg.data.folds, cfg.data.window) == (2, confirm.FOLDS, 10)
+    assert cfg.train.precision == "32"  # whichever CPU trains it
+    # job a/1 committed by an earlier session; a/2 finished here; b/1 not run yet
+    committed = {**dict.fromkeys(confirm.COLUMNS, ""), "candidate": "a", "dataset": "FD001",
+                 "seed": "1", "cv_rmse": "12.0", "cpu_seconds_per_model": "700"}  # fmt: skip
+    confirm.write_rows(confirm.RESULTS, confirm.COLUMNS, [committed])
+    run = confirm.job_dir(tmp_path / "runs", "a", "FD001", 2)
+    run.mkdir(parents=True)
+    metrics = {"cv": {"rmse": 13.0, "std": 0.5, "fold_rmse": [12.5, 13.0, 13.5]},
+               "cpu_seconds_per_model": 800.0, "cpu": "Test CPU (AVX2)"}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    rows = confirm.collect(doc, tmp_path / "runs")
+    assert [(r["seed"], float(r["cv_rmse"])) for r in rows] == [("1", 12.0), (2, 13.0)]
+    assert rows[1]["fold_rmse"] == "12.500 13.000 13.500" and rows[1]["cpu"] == "Test CPU (AVX2)"
+    text = confirm.table(rows)
+    assert "| `a` | FD001 | 12.00 (seed 1), 13.00 (seed 2) | 12.50 ± 0.71 (n=2) | 750 |" in text
+    assert "`b`" not in text  # no row, no line
+
+
+def test_search_table_lists_finished_trials_best_first(tmp_path, monkeypatch):
+    search = _load_benchmark("search", monkeypatch)
+    params = {"model.arch": "dcnn", "data.window": 30, "data.window_features": True,
+              "data.scaling": "minmax", "train.schedule": "plateau", "train.swa_start": 15,
+              "train.clip": 1.0, "train.lr": 4.69e-4, "train.weight_decay": 3.6e-5,
+              "train.batch_size": 128, "model.dropout": 0.0246}  # fmt: skip
+    trials = []
+    for number, state, rmse in ((0, "COMPLETE", 14.7), (1, "COMPLETE", 12.1), (2, "RUNNING", None)):
+        trials.append({"number": number, "state": state, "values_0": rmse, "values_1": 700.0,
+                       "user_attrs_cv_std": 0.4,
+                       **{f"params_{k}": v for k, v in params.items()}})  # fmt: skip
+    pd.DataFrame(trials).to_csv(tmp_path / "trials.csv", index=False)
+    text = search.table(tmp_path / "trials.csv")
+    body = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split(" | ")[0] for line in body] == ["| 1", "| 0"]  # best CV score first
+    assert "| dcnn | 30 | True | minmax | plateau | 15 | 1.0 | 0.00047 | 3.6e-05 | 128 |" in body[0]
+    assert body[0].endswith("| 12.10 (0.40) | 700 |")
+    assert "Trials: 2 complete, 1 running." in text

@@ -10,6 +10,8 @@ CLI) does not load torch.
 
 from __future__ import annotations
 
+import functools
+import platform
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +60,30 @@ def source_commit() -> str | None:
         return None
     commit = done.stdout.strip()
     return commit if done.returncode == 0 and len(commit) == 40 else None
+
+
+@functools.cache
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and its widest matrix ISA, e.g. ``"AMD EPYC 7B13 (AVX2)"``.
+
+    Stored with every run's metrics: CPU seconds, and what ``train.precision=auto`` trains in,
+    depend on it (bf16 is native with AMX or AVX512-BF16 and emulated elsewhere).
+    """
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    for flag, isa in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return f"{name} ({isa})"
+    return name
 
 
 def __getattr__(name: str) -> object:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from grace_rul import __version__, rundir, source_commit
+from grace_rul import __version__, cpu_model, rundir, source_commit
 from grace_rul.config import PROTOCOL_LABELS, Config, Execution
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text
@@ -224,6 +224,7 @@ def _metrics(cfg: Config, oof: pd.DataFrame, folds: list[dict[str, Any]]) -> dic
         "seconds": round(sum(m["seconds"] for m in folds), 2),
         "cpu_seconds": round(sum(m["cpu_seconds"] for m in folds), 2),
         "cpu_seconds_per_model": round(sum(m["cpu_seconds"] for m in folds) / len(folds), 2),
+        "cpu": cpu_model(),
         "version": __version__,
         "commit": source_commit(),
     }

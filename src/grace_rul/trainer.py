@@ -66,7 +66,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from grace_rul import __version__, rundir, source_commit
+from grace_rul import __version__, cpu_model, rundir, source_commit
 from grace_rul.backbones import build_model
 from grace_rul.balancers import Balancer, StepGrads, balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
@@ -754,6 +754,7 @@ def _finish(
         "seconds": round(state.seconds, 2),
         "cpu_seconds": round(state.cpu_seconds, 2),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
         "stability": {
             "skipped_steps": guard.total_skipped,
             "first_bad_step": dict(zip(("epoch", "batch", "what"), first_bad))

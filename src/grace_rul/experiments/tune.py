@@ -456,6 +456,7 @@ def objective(spec: TuneSpec, params: list[Param], trial: Any) -> float | tuple[
     trial.set_user_attr("cv_std", metrics["cv"]["std"])
     trial.set_user_attr("fold_rmse", metrics["cv"]["fold_rmse"])
     trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+    trial.set_user_attr("cpu", metrics["cpu"])  # CPU seconds are this CPU's
     rmse = float(metrics["cv"]["rmse"])
     print(
         f"grace tune: trial {trial.number} CV RMSE {rmse:.3f} "
