@@ -26,8 +26,9 @@ import grace_rul
 from grace_rul.checkpoint import atomic_torch_save
 from grace_rul.config import Execution
 from grace_rul.errors import GraceError
+from grace_rul.experiments import sweep as sweep_module
 from grace_rul.experiments.executors import ExecutorSpec, make_executor, threads_per_cell
-from grace_rul.experiments.grid import CellState, Grid, cell_dir
+from grace_rul.experiments.grid import CellState, Grid, cell_dir, read_grid
 from grace_rul.experiments.summary import collect_results, format_table, summarise
 from grace_rul.experiments.sweep import plan_cells, run_sweep
 from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir
@@ -72,6 +73,9 @@ def test_sweep_trains_every_cell_into_run_dirs(base):
     assert not result.skipped and not result.resumed and not result.rerun
     assert sorted(p.name for p in (sweep / "runs").iterdir()) == sorted(CELLS)
     grid = yaml.safe_load((sweep / "sweep.yaml").read_text())
+    settings = grid.pop("settings")  # the resolved base config, axes left out
+    assert settings["train"]["epochs"] == 1 and "dataset" not in settings["data"]
+    assert "seed" not in settings and "name" not in settings["balancer"]
     assert grid == {
         "datasets": ["FD001"],
         "balancers": ["equal", "gaba"],
@@ -574,3 +578,24 @@ def test_cell_states_print_as_their_values():
     assert [str(s) for s in CellState] == [s.value for s in CellState]
     assert f"{CellState.DONE}|{CellState.PENDING:>8}" == "done| pending"
     assert json.dumps({"status": CellState.FAILED}) == '{"status": "failed"}'
+
+
+def test_a_restart_whose_preset_values_moved_is_refused_before_training(tmp_path):
+    """Finished cells keep the values they were trained with; a preset edited since (or a
+    changed GRACE default) would mix two recipes in one table, so it is refused, --extend or
+    not, naming the keys. A sweep.yaml from before settings were recorded gets them."""
+    sweep = tmp_path / "s"
+    grid = sweep_module._requested_grid(["FD001"], ["gaba"], [1], "tiny", TRAIN, None)
+    (sweep / "runs").mkdir(parents=True)
+    old = grid.to_dict()
+    old["settings"]["train"]["lr"] = 0.5
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(old))
+    for extend in (False, True):
+        with pytest.raises(GraceError, match=r"preset 'tiny' differ.*\(train\.lr; the preset or"):
+            run_sweep(sweep, ["FD001"], ["gaba"], [1, 2], preset="tiny", overrides=TRAIN,
+                      extend=extend, progress=False)  # fmt: skip
+    assert not any((sweep / "runs").iterdir())
+    del old["settings"]
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(old))
+    merged = sweep_module._merge_with_disk(sweep, grid, read_grid(sweep), extend=False)
+    assert merged.settings == grid.settings

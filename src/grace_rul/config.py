@@ -488,6 +488,19 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
     return value
 
 
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (``options`` whole)."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and not name.endswith("options"):
+            keys += config_diff(va, vb, name + ".")
+        elif va != vb:
+            keys.append(name)
+    return keys
+
+
 def merge_overrides(*layers: dict[str, Any] | None) -> dict[str, Any]:
     """Deep-merge nested override dicts, later layers winning; ``None`` values are dropped."""
     out: dict[str, Any] = {}

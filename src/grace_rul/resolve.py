@@ -20,6 +20,7 @@ from grace_rul.config import (
     PRESETS,
     Config,
     TrainConfig,
+    config_diff,
     dataset_name,
     is_dataset_file,
     merge_into,
@@ -106,16 +107,3 @@ def check_resumable(run: RunDir, cfg: Config) -> None:
         raise GraceError(
             f"cannot resume {run.path}: settings differ from the saved run: {', '.join(diff)}"
         )
-
-
-def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two config dicts (``options`` whole)."""
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        name = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and not name.endswith("options"):
-            keys += config_diff(va, vb, name + ".")
-        elif va != vb:
-            keys.append(name)
-    return keys

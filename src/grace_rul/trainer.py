@@ -70,7 +70,7 @@ from grace_rul import __version__, cpu_model, rundir, source_commit
 from grace_rul.backbones import build_model
 from grace_rul.balancers import Balancer, StepGrads, balance_backward, build_balancer
 from grace_rul.checkpoint import atomic_torch_save, load_checkpoint
-from grace_rul.config import PROTOCOL_LABELS, Config, Execution, TrainConfig
+from grace_rul.config import PROTOCOL_LABELS, Config, Execution, TrainConfig, config_diff
 from grace_rul.data import CMAPSSData, load_dataset, read_dataset, unit_windows, window_rows
 from grace_rul.errors import GraceError
 from grace_rul.folds import train_folds
@@ -78,7 +78,7 @@ from grace_rul.inference.conformal import run_interval_metrics
 from grace_rul.lock import DirLock
 from grace_rul.losses import TASKS, task_losses
 from grace_rul.model import DualTaskNet, count_parameters, predict
-from grace_rul.resolve import EXTENDABLE_KEYS, check_resumable, config_diff
+from grace_rul.resolve import EXTENDABLE_KEYS, check_resumable
 from grace_rul.rundir import RunDir
 from grace_rul.scoring import score_split, test_metrics
 from grace_rul.stabilisers import (

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from grace_rul.config import config_diff
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_json, atomic_write_text, read_yaml_file
 from grace_rul.rundir import CONFIG, LAST, METRICS, RunDir, is_fold_root
@@ -113,6 +114,10 @@ class Grid:
     overrides: dict[str, Any] = field(default_factory=dict)
     protocol: str = "val"
     vary: dict[str, list[Any]] = field(default_factory=dict)  # extra axes: key -> values
+    # The resolved config every cell starts from (preset + overrides, axes left out), so a
+    # restart sees when a preset's values or GRACE's defaults moved under finished cells.
+    # Empty for sweeps written before it was recorded.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def combinations(self) -> list[tuple[tuple[str, Any], ...]]:
         """Every combination of the ``vary`` axes (one empty combination without axes)."""
@@ -132,8 +137,9 @@ class Grid:
         """The ``sweep.yaml`` content; ``vary`` only when there are extra axes (so grids
         without them read and write exactly as before)."""
         d = asdict(self)
-        if not d["vary"]:
-            del d["vary"]
+        for key in ("vary", "settings"):
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -147,6 +153,7 @@ class Grid:
                 overrides=dict(d.get("overrides") or {}),
                 protocol=str(d.get("protocol", "val")),
                 vary={str(k): list(v) for k, v in (d.get("vary") or {}).items()},
+                settings=dict(d.get("settings") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GraceError(
@@ -170,6 +177,13 @@ class Grid:
         for key in ("preset", "protocol", "overrides", "vary"):
             if getattr(self, key) != getattr(other, key):
                 out[key] = f"{key} {getattr(self, key)!r} vs {getattr(other, key)!r} in {GRID_FILE}"
+        if self.settings and other.settings and "preset" not in out and "overrides" not in out:
+            keys = config_diff(other.settings, self.settings)
+            if keys:
+                out["settings"] = (
+                    f"the settings of preset {self.preset!r} differ from those its cells were "
+                    f"trained with ({', '.join(keys)}; the preset or GRACE changed)"
+                )
         return out
 
     def union(self, other: Grid) -> Grid:
@@ -184,6 +198,7 @@ class Grid:
             overrides=self.overrides,
             protocol=self.protocol,
             vary=self.vary,
+            settings=self.settings or other.settings,
         )
 
 

@@ -448,6 +448,12 @@ def _requested_grid(
     for other in per_balancer[1:]:
         resolve_config(preset, None, other)
     base = resolve_config(preset, None, per_balancer[0])
+    settings = base.to_dict()
+    for path in AXIS_KEYS:  # what the axes set differs by cell
+        node = settings
+        for key in path[:-1]:
+            node = node[key]
+        node.pop(path[-1], None)
     return Grid(
         datasets,
         balancers,
@@ -456,6 +462,7 @@ def _requested_grid(
         overrides=shared,
         protocol=base.train.protocol,
         vary=check_vary(dict(vary or {}), base.preset, per_balancer[0]),
+        settings=settings,
     )
 
 
@@ -469,8 +476,8 @@ def _merge_with_disk(sweep_dir: Path, grid: Grid, on_disk: Grid | None, extend: 
             raise GraceError(f"{sweep_dir} exists and is not a sweep directory (no {GRID_FILE})")
         return grid
     diff = grid.differences(on_disk)
-    if not diff:
-        return on_disk  # keep the recorded order
+    if not diff:  # keep the recorded order; record the settings if an older sweep had none
+        return on_disk if on_disk.settings else replace(on_disk, settings=grid.settings)
     axes_only = set(diff) <= set(AXES)
     if not extend or not axes_only:
         hint = " (use --extend to add to it)" if axes_only else " (use another --out)"

@@ -57,10 +57,10 @@ from typing import Any
 import yaml
 
 from grace_rul import rundir
-from grace_rul.config import Config, Execution, config_keys, merge_overrides, nested
+from grace_rul.config import Config, Execution, config_diff, config_keys, merge_overrides, nested
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text, load_yaml
-from grace_rul.resolve import config_diff, resolve_config
+from grace_rul.resolve import resolve_config
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
 OBJECTIVES = {"rmse": ("minimize",), "rmse,cpu": ("minimize", "minimize")}
