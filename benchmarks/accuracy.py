@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from grace_rul.config import Execution, merge_overrides
+from grace_rul.config import Execution, flatten, merge_overrides
 from grace_rul.experiments.executors import ExecutorSpec
 from grace_rul.experiments.grid import CellState, cell_dir, inspect_cell, read_grid
 from grace_rul.experiments.significance import paired_stats
@@ -218,6 +218,12 @@ def table(rows: list[dict]) -> str:
         else:
             cells += ["—"] * 7
         lines.append("| " + " | ".join(cells) + " |")
+    shown = dict.fromkeys(r for r, _ in ((r, s) for r in recipes for s in DATASETS))
+    lines += ["", "Recipes: " + "; ".join(
+        f"`{name}` = {RECIPES[name][2]} (preset `{RECIPES[name][0]}`"
+        + "".join(f", {k}={v}" for k, v in flatten(RECIPES[name][1]).items()) + ")"
+        for name in shown
+    ) + "; every run float32, `gaba`, validation-selected."]  # fmt: skip
     lines += [
         "",
         "Honest anchors, quoted (not re-run here; last-window test RMSE, RUL cap 125):",

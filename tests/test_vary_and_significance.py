@@ -465,6 +465,7 @@ def test_accuracy_table_pairs_recipes_with_the_old_default_by_seed(monkeypatch):
     assert "| -4.00 [-4.00, -4.00], p=0.250 (n=3) |" in lines["`default-5fold` (5-fold ensemble)"]
     assert "| FD002 | `default` | — |" in text  # the default's rows stand even before runs
     assert "| 11.50 | 16.14 | 11.35 | 20.00 |" in text  # the quoted anchors
+    assert "`default-5fold` = the default, 5-fold ensemble (preset `default`, data.folds=5)" in text
 
 
 def test_accuracy_csv_keeps_committed_rows_a_new_sweep_does_not_replace(tmp_path, monkeypatch):

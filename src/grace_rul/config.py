@@ -606,6 +606,16 @@ def nested(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys, the inverse of :func:`nested`:
+    ``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{where}.{key}" if where else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of :class:`Execution`: how a run executes (not saved with the run)."""
     parser.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")

@@ -57,7 +57,15 @@ from typing import Any
 import yaml
 
 from grace_rul import rundir
-from grace_rul.config import Config, Execution, config_diff, config_keys, merge_overrides, nested
+from grace_rul.config import (
+    Config,
+    Execution,
+    config_diff,
+    config_keys,
+    flatten,
+    merge_overrides,
+    nested,
+)
 from grace_rul.errors import GraceError
 from grace_rul.io import atomic_write_text, load_yaml
 from grace_rul.resolve import resolve_config
@@ -172,15 +180,6 @@ def _param(where: str, key: str, kind: str, arg: Any, step: Any) -> Param:
         if kind == "int" and not float(step).is_integer():
             raise GraceError(f"{where}: '{key}': an int step must be a whole number")
     return Param(key, kind, low, high, None if step is None else float(step))
-
-
-def _flat(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{where}.{key}" if where else str(key)
-        out.update(_flat(value, name) if isinstance(value, dict) else {name: value})
-    return out
 
 
 # --------------------------------------------------------------------------- the study
@@ -318,7 +317,7 @@ def prepare_study(spec: TuneSpec, extend: bool = False) -> Any:
         if saved != spec.defining() and not extend:
             diff = [k for k in spec.defining() if saved.get(k) != spec.defining()[k]]
             if "base" in diff:  # name the settings: "base settings (data.window)"
-                old, new = _flat(saved.get("base") or {}), _flat(spec.base)
+                old, new = flatten(saved.get("base") or {}), flatten(spec.base)
                 keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 diff[diff.index("base")] = f"base settings ({', '.join(keys)})"
             raise GraceError(
