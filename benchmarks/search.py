@@ -9,9 +9,10 @@ SWA x clip x LR, window, dropout, weight decay, batch size — on top of the ``b
 preset (0.1's default, then called ``default``; the space sets every key the presets differ
 in), seed 42 (so every trial sees the same folds). Judged on the CV score only: a trial
 builds no test split. The study lives in ``benchmarks/results/tune-DATASET/`` (``study.yaml``,
-``study.db``, ``trials.csv``, ``best.yaml``, ``pareto.csv``); ``study.db`` is committed, so a
-later session resumes it with the trials it has (trial run directories under ``trials/``
-are not committed: a trial killed with the session is retried from its start).
+``study.db``, ``trials.csv``, ``best.yaml``, ``pareto.csv``, ``importance.csv``); ``study.db``
+is committed, so a later session resumes it with the trials it has (trial run directories
+under ``trials/`` are not committed: a trial killed with the session is retried from its
+start).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from grace_rul.experiments.tune import STUDY_DB, TuneSpec, open_storage, run_tune, write_outputs
+from grace_rul.experiments.tune import (
+    IMPORTANCE_CSV,
+    STUDY_DB,
+    TuneSpec,
+    open_storage,
+    run_tune,
+    write_outputs,
+)
 from grace_rul.io import load_yaml
 from readme_tables import replace_section
 
@@ -77,7 +85,17 @@ def table(trials_csv: Path) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     states = df["state"].value_counts().to_dict()
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
-    return "\n".join(lines) + f"\n\nTrials: {counts}.\n"
+    text = "\n".join(lines) + f"\n\nTrials: {counts}."
+    importance = trials_csv.parent / IMPORTANCE_CSV
+    if importance.is_file():
+        shares = pd.read_csv(importance).sort_values("importance", ascending=False)
+        text += (
+            f" What moved the CV score (fANOVA importance over the {len(done)} finished "
+            "trials; rough with this few): "
+            + ", ".join(f"`{r.param}` {r.importance:.2f}" for r in shares.itertuples())
+            + "."
+        )
+    return text + "\n"
 
 
 def main() -> None:

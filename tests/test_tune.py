@@ -168,6 +168,9 @@ def test_two_objectives_give_a_pareto_front(tmp_path, capsys):
     front = pd.read_csv(out / "pareto.csv")
     assert {"cv_rmse", "cpu_seconds_per_model"} <= set(front.columns) and len(front) >= 1
     assert {t.user_attrs["cpu"] for t in _finished(_study(out))} == {grace_rul.cpu_model()}
+    importance = pd.read_csv(out / tune.IMPORTANCE_CSV)  # what moved the CV score
+    assert set(importance["param"]) <= set(yaml.safe_load(_space(tmp_path).read_text()))
+    assert importance["importance"].sum() == pytest.approx(1.0, abs=1e-3)
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "tune_pareto.png").is_file()
 

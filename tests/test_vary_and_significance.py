@@ -533,4 +533,10 @@ def test_search_table_lists_finished_trials_best_first(tmp_path, monkeypatch):
     assert [line.split(" | ")[0] for line in body] == ["| 1", "| 0"]  # best CV score first
     assert "| dcnn | 30 | True | minmax | plateau | 15 | 1.0 | 0.00047 | 3.6e-05 | 128 |" in body[0]
     assert body[0].endswith("| 12.10 (0.40) | 700 |")
-    assert "Trials: 2 complete, 1 running." in text
+    assert text.rstrip().endswith("Trials: 2 complete, 1 running.")
+    (tmp_path / "importance.csv").write_text("param,importance\ntrain.lr,0.25\nmodel.arch,0.75\n")
+    text = search.table(tmp_path / "trials.csv")
+    assert (
+        "over the 2 finished trials; rough with this few): `model.arch` 0.75, `train.lr` 0.25."
+        in text
+    )
