@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -176,13 +177,22 @@ def _paired(mine: list[dict], base: list[dict]) -> str:
     return f"{st.mean:+.2f} [{st.ci_low:+.2f}, {st.ci_high:+.2f}], p={st.p:.3f} (n={st.n})"
 
 
+def _isas(rows: list[dict]) -> str:
+    """`` (AMX)``: the matrix ISA of the CPUs that timed ``rows`` (rows before the CPU was
+    recorded have none: their ``auto`` precision resolved to fp32, so no native bf16)."""
+    isas = dict.fromkeys(
+        m[1] for r in rows if (m := re.search(r"\(([^()]+)\)$", r.get("cpu") or ""))
+    )
+    return f" ({'/'.join(isas)})" if isas else ""
+
+
 def table(rows: list[dict]) -> str:
     """The accuracy table, from the CSV rows: means over each recipe's runs per subset."""
     lines = [
         "| subset | recipe | test RMSE (mean ± sd over seeds) | Δ vs `bilstm` [95 % CI], "
         "Wilcoxon p | seed ensemble | target | NASA score | MAE | health acc. "
         "| 80 % interval: coverage, width | 90 % interval: coverage, width "
-        "| epochs run (best) | CPU-min per run |",
+        "| epochs run (best) | CPU-min per run (ISA) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     recipes = [r for r in RECIPES if any(row["recipe"] == r for row in rows) or r == "default"]
@@ -213,7 +223,7 @@ def table(rows: list[dict]) -> str:
                 f"{mean['coverage_80']:.2f}, {mean['width_80']:.0f} cycles",
                 f"{mean['coverage_90']:.2f}, {mean['width_90']:.0f} cycles",
                 epochs,
-                f"{mean['cpu_seconds'] / 60:.1f}",
+                f"{mean['cpu_seconds'] / 60:.1f}" + _isas(per_seed),
             ]
         else:
             cells += ["—"] * 7

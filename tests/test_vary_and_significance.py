@@ -456,11 +456,14 @@ def test_accuracy_table_pairs_recipes_with_the_old_default_by_seed(monkeypatch):
     rows += [row("default", "single", s, v - d) for (s, v), d in zip(base.items(), (3, 2, 4))]
     rows += [row("default", "single", 999, 1.0)]  # no baseline run for this seed: unpaired
     rows += [row("default-5fold", "folds", s, v - 4) for s, v in base.items()]
+    for r in rows[3:6]:
+        r["cpu"] = "Test CPU (AMX)"  # the CPU that timed it, named in the CPU-time cell
     text = accuracy.table(rows)
     lines = {line.split(" | ")[1]: line for line in text.splitlines() if "| FD001 |" in line}
     # the paired mean over the 3 shared seeds: -(3 + 2 + 4) / 3; seed 999 is left out
     assert "| -3.00 [" in lines["`default`"] and "(n=3)" in lines["`default`"]
     assert "| 10.00 ± 6.00 (n=4) |" in lines["`default`"]
+    assert lines["`default`"].endswith("| 10.0 (AMX) |") and lines["`bilstm`"].endswith("| 10.0 |")
     assert "| ≤ 12.0 |" in lines["`default-5fold` (5-fold ensemble)"]
     assert "| -4.00 [-4.00, -4.00], p=0.250 (n=3) |" in lines["`default-5fold` (5-fold ensemble)"]
     assert "| FD002 | `default` | — |" in text  # the default's rows stand even before runs
