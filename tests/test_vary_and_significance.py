@@ -543,3 +543,26 @@ def test_search_table_lists_finished_trials_best_first(tmp_path, monkeypatch):
         "over the 2 finished trials; rough with this few): `model.arch` 0.75, `train.lr` 0.25."
         in text
     )
+
+
+def test_search_warm_starts_fd002_from_fd001s_best_trial(tmp_path, monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    search = _load_benchmark("search", monkeypatch)
+    monkeypatch.setattr(search, "ROOT", tmp_path)
+    src = search.spec("FD001", 1)
+    Path(src.out).mkdir(parents=True)
+    study = optuna.create_study(study_name="tune-fd001", storage=src.storage,
+                                directions=["minimize", "minimize"])  # fmt: skip
+    archs = optuna.distributions.CategoricalDistribution(["dcnn", "tcn", "transformer"])
+    for rmse, arch in ((14.0, "tcn"), (12.0, "dcnn"), (13.0, "transformer")):
+        study.add_trial(optuna.trial.create_trial(
+            params={"model.arch": arch}, distributions={"model.arch": archs},
+            values=[rmse, 100.0]))  # fmt: skip
+    assert search.warm_start("FD002") == 1  # the lowest CV RMSE, not the Pareto front's first
+    target = optuna.load_study(study_name="tune-fd002", storage=search.spec("FD002", 1).storage)
+    [queued] = target.trials
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert queued.system_attrs["fixed_params"] == {"model.arch": "dcnn"}
+    assert queued.user_attrs["warm_start"] == "FD001 trial 1"
+    assert search.warm_start("FD002") is None  # a study with trials is left alone
+    assert search.warm_start("FD001") is None
