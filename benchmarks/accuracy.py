@@ -228,11 +228,10 @@ def table(rows: list[dict]) -> str:
         else:
             cells += ["—"] * 7
         lines.append("| " + " | ".join(cells) + " |")
-    shown = dict.fromkeys(r for r, _ in ((r, s) for r in recipes for s in DATASETS))
     lines += ["", "Recipes: " + "; ".join(
         f"`{name}` = {RECIPES[name][2]} (preset `{RECIPES[name][0]}`"
         + "".join(f", {k}={v}" for k, v in flatten(RECIPES[name][1]).items()) + ")"
-        for name in shown
+        for name in recipes
     ) + "; every run float32, `gaba`, validation-selected."]  # fmt: skip
     lines += [
         "",
