@@ -56,7 +56,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {
     # Li, Ding & Sun 2018's network and window, trained with GRACE's protocol and recipe.
     "dcnn": ("bilstm", {"model": {"arch": "dcnn"}, "data": {"window": 30}}, "Li et al. DCNN"),
 }
-# Added to every recipe, so that rows trained on different CPUs measure the same thing.
+# Added to every recipe, and to every confirm job and search trial (confirm.py, search.py),
+# so that rows trained on different CPUs measure the same thing.
 PINNED: dict[str, Any] = {"train": {"precision": "32"}}
 # Published or public-code figures, quoted (not re-run here): last-window test RMSE, cap 125.
 ANCHORS = [

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from accuracy import PINNED
 from grace_rul.config import Execution, merge_overrides, nested
 from grace_rul.io import load_yaml
 from grace_rul.resolve import resolve_config
@@ -36,8 +37,6 @@ COLUMNS = [
     "candidate", "dataset", "seed", "cv_rmse", "cv_std", "fold_rmse",
     "cpu_seconds_per_model", "seconds", "threads", "cpu", "protocol", "commit",
 ]  # fmt: skip
-# train.precision=auto trains bf16 on an AMX CPU and fp32 on an AVX2 one.
-PINNED = {"train": {"precision": "32"}}
 
 
 def jobs(doc: dict[str, Any]) -> list[tuple[str, str, int]]:

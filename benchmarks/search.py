@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from accuracy import PINNED
+from grace_rul.config import merge_overrides
 from grace_rul.experiments.tune import (
     IMPORTANCE_CSV,
     STUDY_DB,
@@ -47,7 +49,7 @@ def spec(dataset: str, threads: int) -> TuneSpec:
     return TuneSpec(
         out=str(out),
         # float32 on every CPU (auto would train bf16 on an AMX one): trials stay comparable
-        base={"data": {"dataset": dataset}, "train": {"precision": "32"}},
+        base=merge_overrides({"data": {"dataset": dataset}}, PINNED),
         preset="bilstm",  # 0.1's default, the base the FD001 study ran on
         space=load_yaml(SPACE, "search space"),
         folds=FOLDS,
