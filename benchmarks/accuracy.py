@@ -1,7 +1,11 @@
 """The accuracy table: C-MAPSS FD001-FD004 x 5 seeds per recipe, with the honest anchors.
 
     nohup python benchmarks/accuracy.py --recipe default --workers 2 --threads 1 > acc.log 2>&1 &
+    python benchmarks/accuracy.py --recipe default-5fold --datasets FD001 --seeds 42 123
     python benchmarks/accuracy.py --table-only          # rewrite the tables from the CSV
+
+A part of a recipe (``--datasets``, ``--seeds``) fits one session: its rows join the
+committed rows of the other subsets and seeds.
 
 Each recipe of :data:`RECIPES` (a preset plus overrides) trains as a resumable ``grace
 sweep`` (gaba, validation-selected) into ``runs/accuracy-RECIPE``: started again, it skips
@@ -126,12 +130,16 @@ def collect(recipe: str, sweep_dir: Path) -> list[dict]:
 
 
 def ensemble_rows(recipe: str, sweep_dir: Path, grid) -> list[dict]:
-    """Seed ensembles of subsets whose seeds have all finished (built once, then reused)."""
+    """Seed ensembles of subsets whose :data:`SEEDS` have all finished here (built once, then
+    reused); a sweep of part of the seeds (``--seeds``) builds none, as its few members
+    would stand in the table for the five."""
     rows = []
     for dataset in grid.datasets:
         cells = [c for c in grid.cells() if c.dataset == dataset]
         runs = [cell_dir(sweep_dir, c) for c in cells]
-        if len(runs) < 2 or not all(RunDir(r).is_finished() for r in runs):
+        if sorted(c.seed for c in cells) != sorted(SEEDS):
+            continue
+        if not all(RunDir(r).is_finished() for r in runs):
             continue
         out = sweep_dir / "ensembles" / dataset
         if not (out / "metrics.json").is_file():

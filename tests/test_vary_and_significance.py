@@ -492,6 +492,29 @@ def test_accuracy_csv_keeps_committed_rows_a_new_sweep_does_not_replace(tmp_path
     assert len(merged) == 4
 
 
+def test_accuracy_builds_a_seed_ensemble_only_from_all_five_seeds(tmp_path, monkeypatch):
+    accuracy = _load_benchmark("accuracy", monkeypatch)
+    built = []
+
+    class Finished:  # every run of the grid has finished; the ensemble's metrics are read back
+        def __init__(self, path):
+            self.path = path
+
+        def is_finished(self):
+            return True
+
+        def read_metrics(self):
+            return {"test": {"rmse_last": 12.0}}
+
+    monkeypatch.setattr(accuracy, "RunDir", Finished)
+    monkeypatch.setattr(accuracy, "build_ensemble", lambda runs, out: built.append(len(runs)))
+    part = Grid(datasets=["FD001"], balancers=["gaba"], seeds=[42, 123], preset="default")
+    assert accuracy.ensemble_rows("default", tmp_path, part) == [] and built == []
+    full = Grid(datasets=["FD001"], balancers=["gaba"], seeds=accuracy.SEEDS, preset="default")
+    (row,) = accuracy.ensemble_rows("default", tmp_path, full)
+    assert built == [5] and row["seed"] == "42+123+456+789+1024" and row["kind"] == "ensemble"
+
+
 def test_confirm_jobs_are_pinned_cv_runs_and_committed_rows_stand(tmp_path, monkeypatch):
     confirm = _load_benchmark("confirm", monkeypatch)
     monkeypatch.setattr(confirm, "RESULTS", tmp_path / "confirm.csv")
