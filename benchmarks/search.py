@@ -85,6 +85,10 @@ def warm_start(dataset: str) -> int | None:
     return best.number
 
 
+# fANOVA fits a random forest to the finished trials; over fewer than this it mostly
+# ranks the parameters that happened to differ between two or three trials.
+MIN_IMPORTANCE_TRIALS = 10
+
 SHOWN = [
     ("model.arch", "arch"), ("data.window", "window"), ("data.window_features", "features"),
     ("data.scaling", "scaling"), ("train.schedule", "schedule"), ("train.swa_start", "SWA from"),
@@ -115,7 +119,7 @@ def table(trials_csv: Path) -> str:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     text = "\n".join(lines) + f"\n\nTrials: {counts}."
     importance = trials_csv.parent / IMPORTANCE_CSV
-    if importance.is_file():
+    if importance.is_file() and len(done) >= MIN_IMPORTANCE_TRIALS:
         shares = pd.read_csv(importance).sort_values("importance", ascending=False)
         text += (
             f" What moved the CV score (fANOVA importance over the {len(done)} finished "

@@ -561,6 +561,8 @@ def test_search_table_lists_finished_trials_best_first(tmp_path, monkeypatch):
     assert body[0].endswith("| 12.10 (0.40) | 700 |")
     assert text.rstrip().endswith("Trials: 2 complete, 1 running.")
     (tmp_path / "importance.csv").write_text("param,importance\ntrain.lr,0.25\nmodel.arch,0.75\n")
+    assert "fANOVA" not in search.table(tmp_path / "trials.csv")  # 2 trials: not shown
+    monkeypatch.setattr(search, "MIN_IMPORTANCE_TRIALS", 2)
     text = search.table(tmp_path / "trials.csv")
     assert (
         "over the 2 finished trials; rough with this few): `model.arch` 0.75, `train.lr` 0.25."
