@@ -130,9 +130,9 @@ def collect(recipe: str, sweep_dir: Path) -> list[dict]:
 
 
 def ensemble_rows(recipe: str, sweep_dir: Path, grid) -> list[dict]:
-    """Seed ensembles of subsets whose :data:`SEEDS` have all finished here (built once, then
-    reused); a sweep of part of the seeds (``--seeds``) builds none, as its few members
-    would stand in the table for the five."""
+    """Seed ensembles of subsets whose seeds are :data:`SEEDS`, all finished here (built
+    once, then reused); a sweep of other seeds or part of them (``--seeds``) builds none, as
+    its members would stand in the table for the five."""
     rows = []
     for dataset in grid.datasets:
         cells = [c for c in grid.cells() if c.dataset == dataset]

@@ -89,6 +89,7 @@ def warm_start(dataset: str) -> int | None:
 # ranks the parameters that happened to differ between two or three trials.
 MIN_IMPORTANCE_TRIALS = 10
 
+INTEGERS = {"data.window", "train.swa_start", "train.batch_size"}
 SHOWN = [
     ("model.arch", "arch"), ("data.window", "window"), ("data.window_features", "features"),
     ("data.scaling", "scaling"), ("train.schedule", "schedule"), ("train.swa_start", "SWA from"),
@@ -110,6 +111,8 @@ def table(trials_csv: Path) -> str:
         cells = [str(row["number"])]
         for key, _ in SHOWN:
             v = row[f"params_{key}"]
+            if key in INTEGERS:  # float columns once a queued trial leaves them empty
+                v = int(v)
             cells.append(f"{v:.2g}" if key in ("train.lr", "train.weight_decay",
                                               "model.dropout") else str(v))  # fmt: skip
         cells += [f"{row['values_0']:.2f} ({row['user_attrs_cv_std']:.2f})",

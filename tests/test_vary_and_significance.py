@@ -553,13 +553,14 @@ def test_search_table_lists_finished_trials_best_first(tmp_path, monkeypatch):
         trials.append({"number": number, "state": state, "values_0": rmse, "values_1": 700.0,
                        "user_attrs_cv_std": 0.4,
                        **{f"params_{k}": v for k, v in params.items()}})  # fmt: skip
+    trials.append({"number": 3, "state": "WAITING"})  # queued: no values, so float columns
     pd.DataFrame(trials).to_csv(tmp_path / "trials.csv", index=False)
     text = search.table(tmp_path / "trials.csv")
     body = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [line.split(" | ")[0] for line in body] == ["| 1", "| 0"]  # best CV score first
     assert "| dcnn | 30 | True | minmax | plateau | 15 | 1.0 | 0.00047 | 3.6e-05 | 128 |" in body[0]
     assert body[0].endswith("| 12.10 (0.40) | 700 |")
-    assert text.rstrip().endswith("Trials: 2 complete, 1 running.")
+    assert text.rstrip().endswith("Trials: 2 complete, 1 running, 1 waiting.")
     (tmp_path / "importance.csv").write_text("param,importance\ntrain.lr,0.25\nmodel.arch,0.75\n")
     assert "fANOVA" not in search.table(tmp_path / "trials.csv")  # 2 trials: not shown
     monkeypatch.setattr(search, "MIN_IMPORTANCE_TRIALS", 2)
