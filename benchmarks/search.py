@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -29,8 +31,10 @@ from grace_rul.config import merge_overrides
 from grace_rul.experiments.tune import (
     IMPORTANCE_CSV,
     STUDY_DB,
+    Param,
     TuneSpec,
     open_storage,
+    parse_space,
     prepare_study,
     run_tune,
     write_outputs,
@@ -89,7 +93,19 @@ def warm_start(dataset: str) -> int | None:
 # ranks the parameters that happened to differ between two or three trials.
 MIN_IMPORTANCE_TRIALS = 10
 
-INTEGERS = {"data.window", "train.swa_start", "train.batch_size"}
+
+def cell_format(param: Param) -> Callable[[Any], str]:
+    """How the study table writes a searched value: continuous ones to two significant
+    digits, whole-number ones as integers (pandas reads a column as float once a queued
+    trial leaves it empty), the rest as they are."""
+    if param.kind in ("log_uniform", "uniform"):
+        return lambda v: f"{v:.2g}"
+    whole = all(isinstance(c, int) and not isinstance(c, bool) for c in param.choices)
+    if param.kind == "int" or (param.kind == "choice" and whole):
+        return lambda v: str(int(v))
+    return str
+
+
 SHOWN = [
     ("model.arch", "arch"), ("data.window", "window"), ("data.window_features", "features"),
     ("data.scaling", "scaling"), ("train.schedule", "schedule"), ("train.swa_start", "SWA from"),
@@ -106,15 +122,11 @@ def table(trials_csv: Path) -> str:
         head + " | 3-fold CV RMSE (fold sd) | CPU-s per fold model |",
         "|---" * (len(SHOWN) + 3) + "|",
     ]
+    formats = {p.key: cell_format(p) for p in parse_space(load_yaml(SPACE, "search space"))}
     done = df[df["state"] == "COMPLETE"].sort_values("values_0")
     for row in done.to_dict("records"):
         cells = [str(row["number"])]
-        for key, _ in SHOWN:
-            v = row[f"params_{key}"]
-            if key in INTEGERS:  # float columns once a queued trial leaves them empty
-                v = int(v)
-            cells.append(f"{v:.2g}" if key in ("train.lr", "train.weight_decay",
-                                              "model.dropout") else str(v))  # fmt: skip
+        cells += [formats[key](row[f"params_{key}"]) for key, _ in SHOWN]
         cells += [f"{row['values_0']:.2f} ({row['user_attrs_cv_std']:.2f})",
                   f"{row['values_1']:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
