@@ -23,6 +23,7 @@ from grace_rul.errors import GraceError
 from grace_rul.folds import cv_score
 from grace_rul.inference.conformal import Calibration
 from grace_rul.resolve import resolve_config
+from grace_rul.stabilisers import stream_seed
 from grace_rul.trainer import train
 
 torch.set_num_threads(1)
@@ -58,6 +59,36 @@ def test_fold_f_validates_on_its_own_fold_and_trains_on_the_others():
     assert data.val_units == folds[1]
     assert sorted(data.train_units) == sorted(folds[0] + folds[2])
     assert data.test is None  # with_test=False builds no test split
+
+
+class _Built(Exception):
+    """Raised by the spy below once a run's components exist: nothing trains."""
+
+
+def _initial_streams(monkeypatch, tmp_path: Path, fold: int) -> tuple[torch.Tensor, int]:
+    """The first weight tensor and the data-order seed a run of fold ``fold`` starts from."""
+    import grace_rul.trainer as trainer
+
+    def spy(run, cfg, data, components, *args):
+        first = next(components.model.parameters()).detach().clone()
+        raise _Built(first, components.rng.generator.initial_seed())
+
+    monkeypatch.setattr(trainer, "_start", spy)
+    split = {"folds": 2, "fold": fold} if fold else {}  # fold 0: a single run
+    cfg = resolve_config("tiny", overrides={"data": {**SHORT, **split}})
+    with pytest.raises(_Built) as built:
+        train(cfg, tmp_path / f"fold{fold}", execution=QUIET, score_test=False)
+    return built.value.args
+
+
+def test_each_fold_starts_from_its_own_initialisation_and_data_order(monkeypatch, tmp_path):
+    single = _initial_streams(monkeypatch, tmp_path, 0)
+    one, two = (_initial_streams(monkeypatch, tmp_path, f) for f in (1, 2))
+    seed = resolve_config("tiny").seed
+    assert single[1] == seed  # a single run keeps its seed: its results do not move
+    assert one[1] == stream_seed(seed, 1) != two[1] != seed
+    assert not torch.equal(one[0], two[0]) and not torch.equal(one[0], single[0])
+    assert torch.equal(_initial_streams(monkeypatch, tmp_path / "again", 1)[0], one[0])
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ into K seeded folds of whole engines, stratified by life length
 (:func:`grace_rul.data.windows.fold_units`), and trains K complete runs: fold ``f`` trains
 on the other K-1 folds and selects its epoch on its own fold's truncated-validation
 score, exactly as a single run does on its hold-out. Every training engine is validated
-once, by the one model that never saw it.
+once, by the one model that never saw it. Each fold's initialisation, batch order and
+dropout are seeded from the run seed and ``f`` (:func:`grace_rul.stabilisers.stream_seed`),
+so the fold ensemble averages K different models, not K copies of one start.
 
 ``DIR`` holds:
 

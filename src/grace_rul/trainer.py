@@ -89,6 +89,7 @@ from grace_rul.stabilisers import (
     RngStreams,
     SpikeDetector,
     seed_everything,
+    stream_seed,
 )
 
 # About this many training windows, evenly strided over every unit, set the RUL head's bias.
@@ -272,7 +273,7 @@ def _train(
             tqdm.write(msg, file=sys.stderr)
 
     device = _device(execution)
-    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
+    seed_everything(stream_seed(cfg.seed, cfg.data.fold), deterministic=cfg.train.deterministic)
     data = load_dataset(cfg.data, cfg.seed, execution.data_dir, with_test=score_test)
     components = _build(cfg, data, device)
     lock.acquire(run.path)  # everything is valid: from here on this process owns the directory
@@ -557,7 +558,7 @@ def _build(cfg: Config, data: CMAPSSData, device: torch.device) -> Components:
         guard=NonFiniteGuard(max_consecutive=train_cfg.max_bad_steps),
         spikes=SpikeDetector(factor=train_cfg.spike_factor),
         precision=Precision(train_cfg.precision, device),
-        rng=RngStreams(torch.Generator().manual_seed(cfg.seed)),
+        rng=RngStreams(torch.Generator().manual_seed(stream_seed(cfg.seed, cfg.data.fold))),
         swa=AveragedModel(model) if train_cfg.swa_start > 0 else None,
         **schedules,
     )

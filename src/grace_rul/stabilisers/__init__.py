@@ -4,7 +4,13 @@ from grace_rul.stabilisers.clipping import GradClipper
 from grace_rul.stabilisers.ema import ModelEma
 from grace_rul.stabilisers.guards import NonFiniteGuard, SpikeDetector, TrainingDiverged
 from grace_rul.stabilisers.precision import Precision
-from grace_rul.stabilisers.seeding import RngStreams, rng_state, seed_everything, set_rng_state
+from grace_rul.stabilisers.seeding import (
+    RngStreams,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    stream_seed,
+)
 
 __all__ = [
     "GradClipper",
@@ -17,4 +23,5 @@ __all__ = [
     "rng_state",
     "seed_everything",
     "set_rng_state",
+    "stream_seed",
 ]

@@ -16,6 +16,21 @@ from grace_rul.errors import GraceError
 CUBLAS_WORKSPACE = ":4096:8"
 
 
+def stream_seed(seed: int, fold: int = 0) -> int:
+    """The seed of a run's training streams (initialisation, data order, dropout).
+
+    ``seed`` itself for a single run (``fold`` 0). Fold ``f`` >= 1 of a cross-validation
+    draws its own from ``numpy.random.SeedSequence([seed, f])``, so the K fold models start
+    from different initialisations and see their batches in different orders: an ensemble
+    whose members share one initialisation and differ only in a fifth of their engines
+    averages away little. Which engines are in which fold (and the validation cuts) still
+    follow ``seed`` alone, so the folds partition the same units.
+    """
+    if fold == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python ``random``, NumPy's global RNG and torch (CPU and every CUDA device).
 
