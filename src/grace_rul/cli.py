@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grace_rul import rundir
 from grace_rul.data.commands import add_data_parser
@@ -21,6 +22,9 @@ from grace_rul.errors import GraceError, first_line
 from grace_rul.experiments.commands import add_sweep_parser, add_table_parser, add_tune_parser
 from grace_rul.inference.commands import add_ensemble_parser, add_export_parser, add_predict_parser
 from grace_rul.reports.commands import add_report_parser
+
+if TYPE_CHECKING:
+    from grace_rul.config import Config
 
 TRAIN_ALIASES = (
     "dataset", "balancer", "seed", "folds", "epochs", "batch_size", "lr", "precision", "protocol",
@@ -90,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_out(cfg) -> Path:
+def default_out(cfg: Config) -> Path:
     """``runs/FD001-gaba-s42`` (``-folds5`` for a cross-validation): where a run goes."""
     name = Path(cfg.data.dataset).stem if Path(cfg.data.dataset).suffix else cfg.data.dataset
     folds = f"-folds{cfg.data.folds}" if cfg.data.folds >= 2 else ""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from grace_rul.errors import GraceError
 
@@ -11,17 +12,18 @@ if TYPE_CHECKING:
     from grace_rul.model import DualTaskNet
 
 BACKBONES: dict[str, type[DualTaskNet]] = {}
+Net = TypeVar("Net", bound="type[DualTaskNet]")
 AUTO = "auto"  # model.pooling: the architecture's own pooling (the first of its poolings)
 
 
-def register(name: str, poolings: tuple[str, ...]):
+def register(name: str, poolings: tuple[str, ...]) -> Callable[[Net], Net]:
     """Class decorator: make a :class:`~grace_rul.model.DualTaskNet` subclass ``model.arch=name``.
 
     ``poolings`` are the ``model.pooling`` values it supports; the first is what ``auto``
     means for it.
     """
 
-    def wrap(cls):
+    def wrap(cls: Net) -> Net:
         if name in BACKBONES:
             raise RuntimeError(f"architecture '{name}' registered twice")
         cls.arch, cls.poolings = name, tuple(poolings)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from grace_rul.errors import GraceError
 
-BALANCERS: dict[str, type] = {}
+if TYPE_CHECKING:
+    from grace_rul.balancers.base import Balancer
+
+BALANCERS: dict[str, type[Balancer]] = {}
+Cls = TypeVar("Cls", bound="type[Balancer]")
 
 
-def register(name: str):
+def register(name: str) -> Callable[[Cls], Cls]:
     """Class decorator: make a :class:`Balancer` selectable as ``--balancer name``."""
 
-    def wrap(cls):
+    def wrap(cls: Cls) -> Cls:
         if name in BALANCERS:
             raise RuntimeError(f"balancer '{name}' registered twice")
         cls.name = name
@@ -22,7 +27,9 @@ def register(name: str):
     return wrap
 
 
-def build_balancer(name: str, options: dict[str, Any] | None = None, num_tasks: int = 2):
+def build_balancer(
+    name: str, options: dict[str, Any] | None = None, num_tasks: int = 2
+) -> Balancer:
     """Instantiate a registered balancer; bad names or options raise :class:`GraceError`."""
     if name not in BALANCERS:
         raise GraceError(f"unknown balancer '{name}' (choose from: {', '.join(sorted(BALANCERS))})")

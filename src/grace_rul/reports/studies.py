@@ -10,7 +10,9 @@ directly, as every report figure is.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,12 @@ from grace_rul.io import read_yaml_file
 from grace_rul.reports import page as P
 from grace_rul.reports.figures import Rendered, Skip, _figure, _title
 from grace_rul.rundir import RunDir
+
+if TYPE_CHECKING:
+    import optuna
+
+# draws (title, builder) figures; returns their HTML blocks and the file names written
+Draw = Callable[[list[tuple[str, Callable[[], Rendered]]]], tuple[list[str], set[str]]]
 
 TITLE_OOF = "Out-of-fold predictions of every training engine's cuts"
 TITLE_HISTORY = "Optimisation history"
@@ -57,7 +65,7 @@ def oof_plot(oof: pd.DataFrame) -> Rendered:
     return Rendered("oof", TITLE_OOF, sub, fig)
 
 
-def folds_page(path: Path, draw) -> tuple[str, set[str]]:
+def folds_page(path: Path, draw: Draw) -> tuple[str, set[str]]:
     """The report page of a finished cross-validation directory."""
     run = RunDir(path)
     m = run.read_metrics()
@@ -118,7 +126,7 @@ def _load_study(path: Path):
         return optuna.load_study(study_name=names[0], storage=storage)
 
 
-def history_plot(study) -> Rendered:
+def history_plot(study: optuna.Study) -> Rendered:
     from optuna.trial import TrialState
 
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -141,7 +149,7 @@ def history_plot(study) -> Rendered:
     return Rendered("tune_history", TITLE_HISTORY, sub, fig)
 
 
-def importance_plot(study) -> Rendered:
+def importance_plot(study: optuna.Study) -> Rendered:
     import optuna
 
     try:
@@ -163,7 +171,7 @@ def importance_plot(study) -> Rendered:
     return Rendered("tune_importance", TITLE_IMPORTANCE, sub, fig)
 
 
-def pareto_plot(study) -> Rendered:
+def pareto_plot(study: optuna.Study) -> Rendered:
     from optuna.trial import TrialState
 
     if len(study.directions) < 2:
@@ -185,7 +193,7 @@ def pareto_plot(study) -> Rendered:
     return Rendered("tune_pareto", TITLE_PARETO, sub, fig)
 
 
-def study_page(path: Path, draw) -> tuple[str, set[str]]:
+def study_page(path: Path, draw: Draw) -> tuple[str, set[str]]:
     """The report page of a ``grace tune`` directory."""
     from grace_rul.experiments.tune import BEST_FILE, STUDY_FILE
 
