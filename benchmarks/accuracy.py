@@ -40,7 +40,7 @@ from grace_rul.experiments.sweep import run_sweep
 from grace_rul.inference.ensemble import build_ensemble
 from grace_rul.resolve import resolve_config
 from grace_rul.rundir import RunDir
-from readme_tables import replace_section, write_rows
+from readme_tables import merge_rows, replace_section, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.csv"
@@ -157,11 +157,7 @@ def _key(row: dict) -> tuple[str, str, str, str]:
 def merged_rows(rows: list[dict]) -> list[dict]:
     """This sweep's rows plus the committed rows it does not replace: other recipes, and
     subsets or seeds trained in an earlier session whose run directories are not here."""
-    new = {_key(r) for r in rows}
-    kept = []
-    if RESULTS.is_file():
-        kept = [r for r in csv.DictReader(open(RESULTS, newline="")) if _key(r) not in new]
-    return kept + rows
+    return merge_rows(RESULTS, rows, _key)
 
 
 def _values(rows: list[dict], key: str) -> list[float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from grace_rul.io import atomic_write_text
@@ -24,6 +25,7 @@ PAGES: dict[str, tuple[Path, ...]] = {
     "search-fd001": (DOCS / "evidence" / "accuracy.md",),
     "search-fd002": (DOCS / "evidence" / "accuracy.md",),
     "confirm": (DOCS / "evidence" / "accuracy.md",),
+    "default-time": (DOCS / "evidence" / "accuracy.md",),
     "review-balancers": (DOCS / "evidence" / "review.md",),
     "review-stabilisers": (DOCS / "evidence" / "review.md",),
     "precision": (DOCS / "evidence" / "performance.md",),
@@ -45,6 +47,14 @@ def replace_section(name: str, text: str, page: Path | None = None) -> None:
         if start not in content or end not in content:
             raise SystemExit(f"{path} has no {start} ... {end} markers")
         atomic_write_text(path, pattern.sub(lambda _: f"{start}\n{text}{end}", content))
+
+
+def merge_rows(path: Path, new: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    """The rows committed in ``path`` that no row of ``new`` replaces (same ``key``), then
+    ``new``: a benchmark run in parts keeps what earlier sessions measured."""
+    keys = {key(r) for r in new}
+    kept = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+    return [r for r in kept if key(r) not in keys] + new
 
 
 def write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:

@@ -592,3 +592,21 @@ def test_search_warm_starts_fd002_from_fd001s_best_trial(tmp_path, monkeypatch):
     assert queued.user_attrs["warm_start"] == "FD001 trial 1"
     assert search.warm_start("FD002") is None  # a study with trials is left alone
     assert search.warm_start("FD001") is None
+
+
+def test_default_time_script_times_a_real_run_and_marks_the_limit(tmp_path, monkeypatch):
+    timing = _load_benchmark("default_time", monkeypatch)
+    row = timing.measure("FD001", tmp_path / "FD001", preset="tiny")
+    assert row["epochs_run"] == 2 and row["threads"] == 2 and row["precision"] == "32"
+    assert 0 < row["train_seconds"] <= row["wall_seconds"] and row["cpu_seconds"] > 0
+    assert row["limit_minutes"] == 10 and row["test_rmse_last"] > 0
+    assert "--preset tiny" in row["command"] and "--out" not in row["command"]
+    # a committed row of the same subset, CPU and commit is replaced; another CPU's is kept
+    old = tmp_path / "old.csv"
+    other = {**row, "cpu": "Other CPU (AVX2)", "wall_seconds": 26 * 60}
+    timing.write_rows(old, timing.COLUMNS, [{**row, "wall_seconds": 1.0}, other])
+    merged = timing.merge([row], old)
+    assert [r["cpu"] for r in merged] == ["Other CPU (AVX2)", row["cpu"]]
+    text = timing.table(merged)
+    assert f"| FD001 | `tiny` | {timing._minutes(row['wall_seconds'])} | 10 min | yes |" in text
+    assert "| FD001 | `tiny` | 26 min 00 s | 10 min | **no** |" in text
