@@ -4,8 +4,8 @@
     python benchmarks/default_time.py --datasets FD001 FD002 FD004
 
 For each subset it runs ``grace train --dataset D --seed 7 --threads 2 --set
-train.precision=32 --out runs/time/D`` as a child process (seed 7 is outside the accuracy
-grid's five), takes the wall clock around it and the CPU seconds from the child's resource
+train.precision=32 --overwrite --out runs/time/D`` as a child process (seed 7 is outside the
+accuracy grid's five), takes the wall clock around it and the CPU seconds from the child's resource
 usage, and reads the epochs from the run's ``metrics.json``. Rows go to
 ``benchmarks/results/default_time.csv`` (a row of the same subset, CPU and commit is
 replaced; the rest are kept) and the ``default-time`` table of docs/evidence/accuracy.md.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -43,13 +42,14 @@ def command(dataset: str, out: Path, preset: str = "default") -> list[str]:
     """The ``grace train`` command line that is timed."""
     return [
         "grace", "train", "--dataset", dataset, "--preset", preset, "--seed", str(SEED),
-        "--threads", str(THREADS), "--set", "train.precision=32", "--out", str(out),
+        "--threads", str(THREADS), "--set", "train.precision=32", "--overwrite", "--out",
+        str(out),
     ]  # fmt: skip
 
 
 def measure(dataset: str, out: Path, preset: str = "default") -> dict:
-    """Train one model of ``preset`` into ``out`` (replacing it) and return its time row."""
-    shutil.rmtree(out, ignore_errors=True)
+    """Train one model of ``preset`` into ``out`` (replacing a run there) and return its time
+    row."""
     argv = command(dataset, out, preset)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
