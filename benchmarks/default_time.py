@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from grace_rul import cpu_model, source_commit
+from grace_rul import cpu_model
 from grace_rul.rundir import RunDir
 from readme_tables import merge_rows, replace_section, write_rows
 
@@ -77,7 +77,7 @@ def measure(dataset: str, out: Path, preset: str = "default") -> dict:
         "cpu": m["cpu"],
         "date": datetime.date.today().isoformat(),
         "command": " ".join(argv[:-2]) + " (nothing else running)",
-        "commit": m["commit"] or source_commit() or "",
+        "commit": m["commit"] or "",  # None outside a git checkout
     }
 
 
@@ -103,7 +103,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["cpu"], r["date"])):
-        limit = r.get("limit_minutes") or LIMIT_MIN[r["dataset"]]
+        limit = r["limit_minutes"]
         within = "yes" if float(r["wall_seconds"]) <= 60 * float(limit) else "**no**"
         lines.append(
             f"| {r['dataset']} | `{r['preset']}` | {_minutes(r['wall_seconds'])} | {limit} min "
